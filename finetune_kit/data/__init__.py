@@ -1,0 +1,63 @@
+"""Datasets for the recipes: read, detect the format, validate every row, normalise, split, tokenize."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from finetune_kit.data.chat import end_of_turn_is_trained, tokenize_conversation
+from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
+from finetune_kit.data.readers import read_rows
+from finetune_kit.errors import DataError, UserError
+
+__all__ = [
+    "end_of_turn_is_trained",
+    "load_rows",
+    "load_sft_datasets",
+    "tokenize_sft_dataset",
+    "tokenize_conversation",
+]
+
+
+def load_rows(source: str, data_args, split: str = "train") -> list[dict]:
+    """Every row of `source` validated and normalised to one format (detected from the first row if 'auto')."""
+    rows = read_rows(source, split=split, config=data_args.dataset_config)
+    rows = [(where, apply_column_mapping(row, data_args.column_mapping)) for where, row in rows]
+    fmt = data_args.dataset_format
+    if fmt == "auto":
+        fmt = detect_format(rows[0][1], rows[0][0])
+    return [normalise(row, fmt, where) for where, row in rows]
+
+
+def load_sft_datasets(data_args, seed: int = 42) -> tuple[Dataset, Dataset | None]:
+    """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows."""
+    train_rows = load_rows(data_args.dataset_name, data_args, split=data_args.dataset_train_split)
+    if data_args.max_train_samples:
+        train_rows = train_rows[: data_args.max_train_samples]
+    train = Dataset.from_list(train_rows)
+    if data_args.eval_dataset_name:
+        return train, Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, split="validation"))
+    if data_args.eval_split_ratio:
+        if len(train) < 2:
+            raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")
+        split = train.train_test_split(test_size=data_args.eval_split_ratio, seed=seed)
+        return split["train"], split["test"]
+    return train, None
+
+
+def tokenize_sft_dataset(dataset: Dataset, tokenizer) -> Dataset:
+    """Conversations become `input_ids` + `assistant_masks` (trl builds labels from them); other shapes pass through.
+
+    trl tokenizes `prompt`/`completion` and `text` rows itself, with completion-only loss for the former.
+    """
+    if "messages" not in dataset.column_names:
+        return dataset
+    if not tokenizer.chat_template:
+        raise UserError(
+            "the tokenizer has no chat template, so conversations cannot be rendered. Use an instruct checkpoint, "
+            "set chat_template_path to a .jinja file, or use prompt/completion or text data."
+        )
+    return dataset.map(
+        lambda row: tokenize_conversation(tokenizer, row["messages"]),
+        remove_columns=dataset.column_names,
+        desc="Tokenizing conversations",
+    )

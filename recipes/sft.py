@@ -1,0 +1,79 @@
+"""Supervised fine-tuning (SFT) of a causal LM on instruction or chat data: LoRA, QLoRA, DoRA or full.
+
+    python recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml [--key value ...]
+    accelerate launch recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml
+    finetune-kit train sft --config recipes/configs/sft_lora_smollm2.yaml
+
+Data in alpaca, sharegpt, messages, prompt/completion or text form is detected, validated row by row and
+normalised before the model loads. Conversations are rendered with the checkpoint's chat template and only the
+assistant turns (their end-of-turn token included) carry loss. The output folder gets the adapter (or the full
+model), the tokenizer, the resolved config, versions, and a model card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trl import SFTTrainer, get_peft_config
+
+from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
+from finetune_kit.errors import UserError, run_cli
+from finetune_kit.models import load_causal_lm, load_tokenizer
+from finetune_kit.recipe_configs import SFTRecipeConfig
+from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(SFTRecipeConfig, argv)
+    args = cfg.training
+    # Everything cheap and checkable happens before weights load: output folder, tokenizer, every data row.
+    resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
+
+    tokenizer = load_tokenizer(
+        cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+        revision=cfg.model.model_revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.chat_template_path:
+        tokenizer.chat_template = _read_chat_template(args.chat_template_path)
+        args.chat_template_path = None  # applied here, so trl must not apply it again
+
+    train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed)
+    train_dataset = tokenize_sft_dataset(train_rows, tokenizer)
+    eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
+
+    model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
+    if cfg.run.overwrite_output_dir and resume is None:
+        clear_output_dir(args.output_dir)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(cfg.model),
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(train_result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+
+    trainer.save_model(args.output_dir)  # adapter or full model, plus the tokenizer
+    if trainer.is_world_process_zero():
+        record_base_model(args.output_dir, cfg.model.model_name_or_path)
+        trainer.create_model_card(model_name=Path(args.output_dir).name)
+        write_run_files(args.output_dir, config_to_dict(cfg), recipe="sft", metrics=metrics)
+    return metrics
+
+
+def _read_chat_template(path: str) -> str:
+    template = Path(path)
+    if not template.is_file():
+        raise UserError(f"chat_template_path: file not found: {path}")
+    return template.read_text()
+
+
+if __name__ == "__main__":
+    run_cli(main)

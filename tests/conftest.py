@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny Llama built from a config (fast), with the real SmolLM2 tokenizer and chat template."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+
+# Nothing in the tests may reach the network: hub lookups must fail fast and clearly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted from GGUF once (cached under FINETUNE_KIT_CACHE)."""
+    from finetune_kit.models import resolve_checkpoint
+
+    return Path(resolve_checkpoint("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
+    """A 2-layer, hidden-32 Llama with SmolLM2's tokenizer, saved as a normal checkpoint folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chat_rows(n: int = 32):
+    """Conversations with a learnable pattern: the answer repeats the user's word."""
+    words = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"]
+    return [
+        {"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
+        for w in (words[i % len(words)] for i in range(n))
+    ]
+
+
+def run_recipe(name: str, argv: list[str]):
+    """Run a recipe's main() in this process, as `finetune-kit train <name>` does."""
+    from finetune_kit.cli import load_recipe
+
+    return load_recipe(name).main(argv)
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
