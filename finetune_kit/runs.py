@@ -93,11 +93,13 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metrics: dict[str, Any]) -> None:
-    """Write config.yaml and run_info.json (last: its presence marks the run finished)."""
+def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metrics: dict[str, Any],
+                    log_history: list[dict[str, Any]]) -> None:
+    """Write config.yaml, log_history.json and run_info.json (last: its presence marks the run finished)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    _write_atomic(out / "log_history.json", json.dumps(log_history, indent=1))
     info = {
         "recipe": recipe,
         "command": [sys.executable, *sys.argv],

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
         trainer.create_model_card(model_name=Path(args.output_dir).name)
-        write_run_files(args.output_dir, config_to_dict(cfg), recipe="sft", metrics=metrics)
+        write_run_files(args.output_dir, config_to_dict(cfg), "sft", metrics, trainer.state.log_history)
     return metrics
 
 

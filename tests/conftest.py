@@ -43,6 +43,7 @@ def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.2,  # large enough that logits can move off uniform when only LoRA layers train
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     out = tmp_path_factory.mktemp("tiny-llama")

@@ -1,0 +1,81 @@
+"""The three ways in: `accelerate launch recipes/sft.py`, `finetune-kit train sft`, and QLoRA through the recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, chat_rows, run_recipe, write_jsonl
+
+
+def sft_config(tmp_path, model_dir, out, **extra) -> str:
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
+    cfg = {"model_name_or_path": str(model_dir), "dataset_name": str(data), "output_dir": str(out),
+           "use_peft": True, "lora_r": 4, "max_steps": 2, "per_device_train_batch_size": 4, "max_length": 64,
+           "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
+    cfg.update(extra)
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    return str(path)
+
+
+def venv_tool(python: str, name: str) -> str:
+    tool = Path(python).parent / name
+    return str(tool) if tool.exists() else shutil.which(name)
+
+
+def test_accelerate_launch_single_process(tmp_path, tiny_model_dir, python):
+    out = tmp_path / "accel"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1")
+    result = subprocess.run(
+        [venv_tool(python, "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "recipes" / "sft.py"), "--config", sft_config(tmp_path, tiny_model_dir, out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "run_info.json").is_file()
+
+
+def test_console_script_trains(tmp_path, tiny_model_dir, python):
+    out = tmp_path / "cli"
+    result = subprocess.run([venv_tool(python, "finetune-kit"), "train", "sft", "--config",
+                             sft_config(tmp_path, tiny_model_dir, out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "run_info.json").read_text())["recipe"] == "sft"
+
+
+def test_console_script_unknown_recipe(python):
+    result = subprocess.run([venv_tool(python, "finetune-kit"), "train", "nope"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "unknown recipe 'nope'; available: sft" in result.stderr
+
+
+def test_qlora_4bit_trains_adapters_on_a_quantized_base(tmp_path, tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from finetune_kit.config import ModelArguments
+    from finetune_kit.models import load_causal_lm
+
+    model = load_causal_lm(ModelArguments(model_name_or_path=str(tiny_model_dir), load_in_4bit=True,
+                                          use_bnb_nested_quant=True, use_peft=True))
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    out = tmp_path / "qlora"
+    run_recipe("sft", ["--config", sft_config(tmp_path, tiny_model_dir, out, load_in_4bit=True,
+                                               use_bnb_nested_quant=True, learning_rate=3e-2, max_steps=12,
+                                               logging_steps=1)])
+    from safetensors.torch import load_file
+
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    assert all(torch.isfinite(v).all() for v in adapter.values())
+    losses = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
