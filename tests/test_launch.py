@@ -79,3 +79,14 @@ def test_qlora_4bit_trains_adapters_on_a_quantized_base(tmp_path, tiny_model_dir
     assert all(torch.isfinite(v).all() for v in adapter.values())
     losses = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_the_script_example_runs(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sft_script", ROOT / "examples" / "sft_script.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "script"
+    trainer = module.main(["--config", sft_config(tmp_path, tiny_model_dir, out)])
+    assert trainer.state.global_step == 2 and (out / "adapter_model.safetensors").is_file()
