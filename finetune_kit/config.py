@@ -188,7 +188,7 @@ def _check_cli_keys(args: list[str], parser: _Parser, known: Sequence[str]) -> N
             option = arg.split("=", 1)[0]
             if option not in parser._option_string_actions:
                 raise ConfigError(_unknown_key_message(option[2:].replace("-", "_"), known, "command line"))
-        elif "=" in arg and re.match(r"^[A-Za-z_][\w.-]*=", arg) and arg == args[0]:
+        elif re.match(r"^[A-Za-z_]\w*=", arg) and arg.split("=", 1)[0] in known:
             key, value = arg.split("=", 1)
             raise ConfigError(f"unexpected argument '{arg}': overrides are written --{key} {value}.")
 

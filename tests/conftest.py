@@ -57,6 +57,12 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def write_config(path: Path, cfg: dict) -> str:
+    """A flat YAML config file (JSON scalars are valid YAML); returns its path as a string."""
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    return str(path)
+
+
 def chat_rows(n: int = 32):
     """Conversations with a learnable pattern: the answer repeats the user's word."""
     words = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"]

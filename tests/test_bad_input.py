@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, chat_rows, write_jsonl
+from conftest import ROOT, chat_rows, write_config, write_jsonl
 from finetune_kit.cli import load_recipe
 from finetune_kit.errors import run_cli
 
@@ -23,9 +23,7 @@ def setup(tmp_path, tiny_model_dir):
         cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True,
                "output_dir": str(tmp_path / "fresh"), "max_steps": 1, "report_to": "none"}
         cfg.update(overrides)
-        path = tmp_path / "cfg.yaml"
-        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
-        return ["--config", str(path)]
+        return ["--config", write_config(tmp_path / "cfg.yaml", cfg)]
 
     return tmp_path, argv, out
 

@@ -93,6 +93,8 @@ def test_bad_choice_is_named(tmp_path):
 def test_key_value_style_points_to_the_convention(tmp_path):
     with pytest.raises(ConfigError, match="--learning_rate 3"):
         parse_config(SFTRecipeConfig, ["learning_rate=3"])
+    with pytest.raises(ConfigError, match="--learning_rate 3"):
+        parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE), "--lora_r", "4", "learning_rate=3"])
 
 
 def test_nested_mapping_and_non_mapping_files_rejected(tmp_path):

@@ -149,6 +149,13 @@ def test_csv_tsv_and_txt(tmp_path):
     assert rows_of(tmp_path / "d.txt") == [{"text": "first doc"}, {"text": "second doc"}]
 
 
+def test_parquet(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([{"prompt": "p", "completion": "c"}]).to_parquet(str(tmp_path / "d.parquet"))
+    assert rows_of(tmp_path / "d.parquet") == [{"prompt": "p", "completion": "c"}]
+
+
 def test_tsv_row_with_extra_field(tmp_path):
     (tmp_path / "d.tsv").write_text("text\nfine\nbad\textra\n")
     with pytest.raises(DataError, match=r"d\.tsv line 3: more fields than the header"):

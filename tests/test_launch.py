@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, chat_rows, run_recipe, write_jsonl
+from conftest import ROOT, chat_rows, run_recipe, write_config, write_jsonl
 
 
 def sft_config(tmp_path, model_dir, out, **extra) -> str:
@@ -19,9 +19,7 @@ def sft_config(tmp_path, model_dir, out, **extra) -> str:
            "use_peft": True, "lora_r": 4, "max_steps": 2, "per_device_train_batch_size": 4, "max_length": 64,
            "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
     cfg.update(extra)
-    path = tmp_path / f"{out.name}.yaml"
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
-    return str(path)
+    return write_config(tmp_path / f"{out.name}.yaml", cfg)
 
 
 def venv_tool(python: str, name: str) -> str:
@@ -56,24 +54,23 @@ def test_console_script_unknown_recipe(python):
     assert result.returncode == 2 and "unknown recipe 'nope'; available: sft" in result.stderr
 
 
-def test_qlora_4bit_trains_adapters_on_a_quantized_base(tmp_path, tiny_model_dir):
-    pytest.importorskip("bitsandbytes")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_base_trains_adapters_and_stays_quantized(tmp_path, tiny_model_dir, bits):
+    bnb = pytest.importorskip("bitsandbytes")
     import torch
+    from safetensors.torch import load_file
 
     from finetune_kit.config import ModelArguments
     from finetune_kit.models import load_causal_lm
 
-    model = load_causal_lm(ModelArguments(model_name_or_path=str(tiny_model_dir), load_in_4bit=True,
-                                          use_bnb_nested_quant=True, use_peft=True))
-    import bitsandbytes as bnb
+    quant = {"load_in_4bit": True, "use_bnb_nested_quant": True} if bits == 4 else {"load_in_8bit": True}
+    model = load_causal_lm(ModelArguments(model_name_or_path=str(tiny_model_dir), use_peft=True, **quant))
+    layer = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
+    assert any(isinstance(m, layer) for m in model.modules())
 
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    out = tmp_path / "qlora"
-    run_recipe("sft", ["--config", sft_config(tmp_path, tiny_model_dir, out, load_in_4bit=True,
-                                               use_bnb_nested_quant=True, learning_rate=3e-2, max_steps=12,
-                                               logging_steps=1)])
-    from safetensors.torch import load_file
-
+    out = tmp_path / f"q{bits}"
+    run_recipe("sft", ["--config", sft_config(tmp_path, tiny_model_dir, out, learning_rate=3e-2, max_steps=12,
+                                               logging_steps=1, **quant)])
     adapter = load_file(out / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert all(torch.isfinite(v).all() for v in adapter.values())
@@ -90,3 +87,13 @@ def test_the_script_example_runs(tmp_path, tiny_model_dir):
     out = tmp_path / "script"
     trainer = module.main(["--config", sft_config(tmp_path, tiny_model_dir, out)])
     assert trainer.state.global_step == 2 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_dora_adapter_trains(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "dora"
+    run_recipe("sft", ["--config", sft_config(tmp_path, tiny_model_dir, out, use_dora=True, learning_rate=1e-2)])
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in k for k in adapter)
+    assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import chat_rows, run_recipe, write_jsonl
+from conftest import chat_rows, run_recipe, write_config, write_jsonl
 from finetune_kit.data import end_of_turn_is_trained, tokenize_conversation
 from finetune_kit.errors import UserError
 
@@ -89,9 +89,7 @@ def sft_yaml(tmp_path, tiny_model_dir):
                "per_device_train_batch_size": 8, "max_steps": 40, "logging_steps": 4, "save_strategy": "no",
                "max_length": 64, "seed": 0, "report_to": "none", "disable_tqdm": True}
         cfg.update(extra)
-        path = tmp_path / f"{output_dir.name}.yaml"
-        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
-        return str(path)
+        return write_config(tmp_path / f"{output_dir.name}.yaml", cfg)
 
     return make
 
