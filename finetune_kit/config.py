@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import re
+import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class DataArguments:
     dataset_format: str = field(
         default="auto", metadata={"help": "Row format, detected from the columns when 'auto'.", "choices": DATASET_FORMATS}
     )
-    column_mapping: str | None = field(
+    column_mapping: dict[str, str] | str | None = field(
         default=None,
         metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
     )
@@ -144,15 +145,14 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values, got {type(data).__name__}.")
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in _JSON_KEYS:
-            raise ConfigError(f"{path}: key '{key}' holds a nested mapping; config keys are flat (e.g. lora_r: 16).")
     return data
 
 
-# Keys whose values are mappings, passed to argparse as JSON / YAML strings.
-_JSON_KEYS = {"column_mapping", "model_init_kwargs", "dataset_kwargs", "gradient_checkpointing_kwargs",
-              "lr_scheduler_kwargs", "optim_args", "fsdp_config", "deepspeed", "accelerator_config"}
+def mapping_keys(config_type: type) -> set[str]:
+    """Keys whose values may be mappings (typed `dict | str`, as transformers types them); all others are flat."""
+    # From the annotations: HfArgumentParser rewrites `field.type` in place when it builds its parser.
+    return {name for part in config_parts(config_type).values()
+            for name, hint in typing.get_type_hints(part).items() if "dict" in str(hint)}
 
 
 def _yaml_value_to_args(key: str, value: Any) -> list[str]:
@@ -213,19 +213,20 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
 
     Unknown keys, wrong types and broken cross-field rules raise `ConfigError` naming the key.
     """
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, cli_args = _split_config_flag(argv)
     parser = _parser_for(config_type)
     known = known_keys(config_type)
 
     yaml_args: list[str] = []
-    nulls: dict[str, None] = {}
+    nulls: dict[str, Any] = {}
     if config_path is not None:
+        nested_ok = mapping_keys(config_type)
         for key, value in read_yaml_config(config_path).items():
             if f"--{key}" not in parser._option_string_actions:
                 raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
+            if isinstance(value, dict) and key not in nested_ok:
+                raise ConfigError(f"{config_path}: key '{key}' holds a mapping, but it takes a single value.")
             if value is None or value == []:
                 nulls[key] = None if value is None else []
             else:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
 
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
-    if cfg.run.overwrite_output_dir and resume is None:
+    if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:
         clear_output_dir(args.output_dir)
 
     trainer = SFTTrainer(

@@ -98,17 +98,21 @@ def test_key_value_style_points_to_the_convention(tmp_path):
 
 
 def test_nested_mapping_and_non_mapping_files_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="nested mapping"):
+    with pytest.raises(ConfigError, match="unknown config key 'lora'"):
         parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE + "lora:\n  r: 8\n")])
+    with pytest.raises(ConfigError, match="key 'lora_r' holds a mapping, but it takes a single value"):
+        parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE + "lora_r:\n  value: 8\n")])
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         parse_config(SFTRecipeConfig, ["--config", write(tmp_path, "- a\n- b\n")])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_config(SFTRecipeConfig, ["--config", str(tmp_path / "missing.yaml")])
 
 
-def test_column_mapping_accepts_a_yaml_mapping(tmp_path):
-    cfg = parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE + "column_mapping: {instruction: q}\n")])
+def test_mapping_keys_accept_yaml_mappings(tmp_path):
+    cfg = parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE + "column_mapping: {instruction: q}\n"
+                                                           "model_init_kwargs: {low_cpu_mem_usage: true}\n")])
     assert cfg.data.column_mapping == {"instruction": "q"}
+    assert cfg.training.model_init_kwargs == {"low_cpu_mem_usage": True}
 
 
 def test_resolved_config_round_trips(tmp_path):
