@@ -1,6 +1,7 @@
 """`finetune-kit`: the command-line entry point.
 
     finetune-kit train sft --config recipes/configs/sft_lora_smollm2.yaml [--key value ...]
+    finetune-kit check --config recipes/configs/sft_lora_smollm2.yaml     # exit 0 clean, 1 warnings, 2 errors
 """
 
 from __future__ import annotations
@@ -35,9 +36,15 @@ def _main(argv: list[str] | None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="run a training recipe", add_help=False)
     train.add_argument("recipe", help=f"one of: {', '.join(available_recipes())}")
+    commands.add_parser("check", help="check a config and its data before training (reads no weights)",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         load_recipe(args.recipe).main(rest)
+    elif args.command == "check":
+        from finetune_kit.check import check_sft
+
+        raise SystemExit(check_sft(rest))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,8 @@ def resolve_checkpoint(name_or_path: str) -> str:
             raise UserError(f"model file not found: {name_or_path}")
         return str(convert_gguf(path))
     if path.exists():
-        if path.is_dir() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
+        if path.is_dir() and not any((path / m).is_file() for m in markers):
             raise UserError(f"model folder {name_or_path} has no config.json: it is not a transformers checkpoint.")
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
