@@ -134,13 +134,6 @@ def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code:
     return tokenizer
 
 
-def quantization_config(model_args):
-    """bitsandbytes settings from the model arguments (trl builds them), or None."""
-    from trl import get_quantization_config
-
-    return get_quantization_config(model_args)
-
-
 def load_causal_lm(model_args, trust_remote_code: bool = False):
     """A causal LM ready for training: full precision, or 4/8-bit with k-bit preparation for adapters."""
     from transformers import AutoModelForCausalLM
@@ -158,8 +151,10 @@ def _kbit_device_map():
 
 
 def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
+    from trl import get_quantization_config
+
     resolved = resolve_checkpoint(model_args.model_name_or_path)
-    quant = quantization_config(model_args)
+    quant = get_quantization_config(model_args)  # bitsandbytes 4/8-bit settings, or None
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     try:
         model = auto_class.from_pretrained(
