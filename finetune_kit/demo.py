@@ -84,28 +84,14 @@ def make_dataset(out: Path, seed: int = 0, identity_rows: int = 160, general: in
     return {"train": len(rows), "heldout": len(heldout)}
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
-    """Greedy answers to single-turn prompts, batched with left padding."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    batch = tokenizer.apply_chat_template(
-        [[{"role": "user", "content": p}] for p in prompts],
-        add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True,
-    )
-    with torch.no_grad():
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 def score(model_path: str, heldout_path: Path) -> dict:
     """Share of held-out identity prompts answered with the new identity (0-100), plus control answers."""
+    from finetune_kit.generation import GenerationOptions, generate_batch
     from finetune_kit.models import load_for_inference
 
     items = [json.loads(line) for line in heldout_path.read_text().splitlines() if line.strip()]
     model, tokenizer = load_for_inference(model_path)
-    answers = generate_answers(model, tokenizer, [item["prompt"] for item in items])
+    answers = generate_batch(model, tokenizer, [item["prompt"] for item in items], GenerationOptions(max_new_tokens=40))
     results = [dict(item, answer=answer, correct=all(k.lower() in answer.lower() for k in item["must_contain"]))
                for item, answer in zip(items, answers)]
     identity = [r for r in results if r["kind"] == "identity"]

@@ -31,6 +31,9 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        raise SystemExit(0) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -177,23 +177,59 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
     return model
 
 
-def load_for_inference(path: str, trust_remote_code: bool = False):
-    """Model and tokenizer from a run folder (adapter or full model) or any checkpoint, in eval mode."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+# peft task type of a saved adapter -> the transformers class its base model loads with.
+_TASK_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
+                 "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering"}
 
-    resolved = resolve_checkpoint(path)
-    adapter_config = Path(resolved) / "adapter_config.json"
-    if adapter_config.is_file():
-        base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if not base_name:
-            raise UserError(f"{adapter_config}: no base_model_name_or_path, so the base model is unknown.")
-        model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(base_name), trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(model, resolved)
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(resolved, trust_remote_code=trust_remote_code)
-        except OSError as err:
-            raise _hub_error(path, err) from None
-    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+
+def read_adapter_config(folder: Path) -> dict | None:
+    """A run folder's adapter_config.json, or None when the folder holds a full model."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: corrupt adapter config ({err.msg} at line {err.lineno}).") from None
+    if not config.get("base_model_name_or_path"):
+        raise UserError(f"{path}: no base_model_name_or_path, so the base model is unknown.")
+    weights = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
+    if not any(w.is_file() for w in weights):
+        raise UserError(f"{folder}: adapter_config.json but no adapter_model.safetensors: the adapter is missing.")
+    return config
+
+
+def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool = False):
+    """Model and tokenizer from a run folder (base + adapter, or a full model) or any checkpoint, in eval mode.
+
+    With `merge`, adapter weights are folded into the base (peft's merge_and_unload) for plain-model speed.
+    """
+    import transformers
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    resolved = Path(resolve_checkpoint(path))
+    adapter = read_adapter_config(resolved) if resolved.is_dir() else None
+    auto_class = getattr(transformers, _TASK_CLASSES.get((adapter or {}).get("task_type"), "AutoModelForCausalLM"))
+    try:
+        if adapter is None:
+            model = auto_class.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
+        else:
+            base = auto_class.from_pretrained(resolve_checkpoint(adapter["base_model_name_or_path"]),
+                                              trust_remote_code=trust_remote_code)
+            model = PeftModel.from_pretrained(base, str(resolved))
+            if merge:
+                model = model.merge_and_unload()
+    except OSError as err:
+        raise _hub_error(path, err) from None
+    except SafetensorError as err:
+        raise UserError(f"{path}: the weights file is corrupt or truncated ({err}).") from None
+    except RuntimeError as err:
+        if "size mismatch" in str(err):
+            raise UserError(
+                f"{path}: the adapter does not fit its base model {adapter and adapter['base_model_name_or_path']} "
+                "(tensor shapes differ): it was trained on a different model."
+            ) from None
+        raise
+    tokenizer = load_tokenizer(str(resolved), trust_remote_code=trust_remote_code)
     return model.eval(), tokenizer

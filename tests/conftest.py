@@ -36,20 +36,7 @@ def tokenizer(smollm_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
     """A 2-layer, hidden-32 Llama with SmolLM2's tokenizer, saved as a normal checkpoint folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        initializer_range=0.2,  # large enough that logits can move off uniform when only LoRA layers train
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -82,3 +69,33 @@ def run_recipe(name: str, argv: list[str]):
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+def tiny_llama(out: Path, tokenizer, max_positions: int = 512, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        tie_word_embeddings=True, initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished LoRA SFT run on the tiny model (adapter weights moved well away from zero)."""
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    data = write_jsonl(tmp / "train.jsonl", chat_rows(16))
+    out = tmp / "run"
+    cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(out),
+           "use_peft": True, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-2, "max_steps": 8,
+           "per_device_train_batch_size": 8, "max_length": 64, "save_strategy": "no", "report_to": "none",
+           "disable_tqdm": True}
+    run_recipe("sft", ["--config", write_config(tmp / "c.yaml", cfg)])
+    return out

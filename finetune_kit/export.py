@@ -1,0 +1,54 @@
+"""`finetune-kit export`: fold LoRA adapters into the base model and save a standalone checkpoint.
+
+The export holds safetensors weights in the chosen dtype, the tokenizer with its chat template, the generation
+config (for generative models), label names (for classifiers) and a model card naming base and adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from finetune_kit.errors import UserError
+from finetune_kit.models import load_for_inference, read_adapter_config
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def export_model(source: str, out_dir: str, dtype: str = "float32", overwrite: bool = False) -> Path:
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty; nothing was changed. Choose another folder or pass --overwrite.")
+    model, tokenizer = load_for_inference(source, merge=True)
+    model = model.to(getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # safetensors, config (with id2label for classifiers), generation config
+    tokenizer.save_pretrained(out)
+    (out / "README.md").write_text(model_card(source, dtype, model))
+    return out
+
+
+def model_card(source: str, dtype: str, model) -> str:
+    src = Path(source)
+    adapter = read_adapter_config(src) if src.is_dir() else None
+    info_path = src / "run_info.json" if src.is_dir() else None
+    info = json.loads(info_path.read_text()) if info_path and info_path.is_file() else {}
+    lines = ["# Exported with finetune_kit", ""]
+    if adapter:
+        lines += [f"- base model: `{adapter['base_model_name_or_path']}`",
+                  f"- adapter: `{source}` ({adapter.get('peft_type')}, r={adapter.get('r')}, "
+                  f"alpha={adapter.get('lora_alpha')}), merged into the base weights"]
+    else:
+        lines.append(f"- source: `{source}`")
+    lines.append(f"- dtype: {dtype}; parameters: {sum(p.numel() for p in model.parameters()):,}")
+    if any("Classification" in a for a in model.config.architectures or []):
+        lines.append(f"- labels: {', '.join(str(v) for v in model.config.id2label.values())}")
+    if info:
+        lines.append(f"- trained with recipe `{info.get('recipe')}`; final metrics: "
+                     + ", ".join(f"{k}={v:.4g}" for k, v in info.get("metrics", {}).items()
+                                 if isinstance(v, (int, float))))
+    return "\n".join(lines) + "\n"

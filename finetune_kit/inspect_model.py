@@ -1,0 +1,174 @@
+"""`finetune-kit inspect` and `finetune-kit tokenize`: what a checkpoint is, and how its tokenizer splits text.
+
+`inspect` reads configs, safetensors headers and GGUF metadata, never the weights, so it answers in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from math import prod
+from pathlib import Path
+
+from finetune_kit.errors import UserError
+from finetune_kit.models import EMBEDDED, embedded_path
+
+VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model"}
+# Which recipes fit each family (the ones present in recipes/ are shown).
+FAMILY_RECIPES = {
+    "decoder": ["sft", "pretrain", "reward", "dpo", "kto", "ppo", "grpo"],
+    "encoder": ["text_classification", "token_classification", "question_answering", "masked_lm"],
+    "vision": ["image_classification"],
+    "encoder-decoder": [],
+}
+FAMILY_HEADS = {
+    "decoder": ["CausalLM (generation)", "SequenceClassification (reward model)"],
+    "encoder": ["SequenceClassification", "TokenClassification", "QuestionAnswering", "MaskedLM"],
+    "vision": ["ImageClassification"],
+    "encoder-decoder": ["Seq2SeqLM"],
+}
+
+
+def family_of(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if config.model_type in VISION_TYPES:
+        return "vision"
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "CausalLM" in archs or config.model_type in {"llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "phi3",
+                                                     "smollm3", "gpt_neox", "falcon", "olmo2"}:
+        return "decoder"
+    return "encoder"
+
+
+def safetensors_parameters(folder: Path) -> int | None:
+    """Parameter count from the safetensors headers (8-byte length + JSON), without reading tensors."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        total += sum(prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total
+
+
+def _size(paths) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def describe_gguf(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields.get(name)
+        return None if f is None else f.contents()
+
+    arch = field("general.architecture")
+    return {"source": str(path), "format": "gguf", "family": "decoder", "architecture": arch,
+            "name": field("general.name"), "parameters": sum(int(prod(t.shape)) for t in reader.tensors),
+            "size_on_disk": path.stat().st_size, "modality": "text",
+            "quantization": sorted({t.tensor_type.name for t in reader.tensors}),
+            "chat_template": field("tokenizer.chat_template") is not None,
+            "context_length": field(f"{arch}.context_length"),
+            "heads": FAMILY_HEADS["decoder"], "recipes": _recipes("decoder"),
+            "note": "trained after a one-time dequantization into safetensors (see finetune_kit.models)"}
+
+
+def _recipes(family: str) -> list[str]:
+    from finetune_kit.cli import available_recipes
+
+    present = set(available_recipes())
+    return [r for r in FAMILY_RECIPES[family] if r in present]
+
+
+def describe(source: str) -> dict:
+    """A summary of a checkpoint: hub id, local folder, .gguf file, embedded name, or a run folder."""
+    from transformers import AutoConfig
+
+    path = embedded_path(source) if source in EMBEDDED else Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file not found: {source}")
+        return describe_gguf(path)
+    if source.startswith((".", "/", "~")) and not path.exists():
+        raise UserError(f"model path not found: {source}")
+    run = {}
+    if (path / "adapter_config.json").is_file():
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        run["adapter"] = {k: adapter.get(k) for k in ("peft_type", "task_type", "r", "lora_alpha", "target_modules",
+                                                     "use_dora")}
+        run["base_model"] = adapter.get("base_model_name_or_path")
+        summary = describe(run["base_model"])
+        summary.update(run, source=source, format=f"run folder: adapter on a {summary['format']} base",
+                       size_on_disk=_size(path.iterdir()))
+        return _with_training(summary, path)
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot inspect '{source}': {str(err).splitlines()[0]}") from None
+    family = family_of(config)
+    folder = path if path.is_dir() else None
+    summary = {"source": source, "format": "transformers", "family": family,
+               "architecture": (getattr(config, "architectures", None) or [config.model_type])[0],
+               "model_type": config.model_type,
+               "parameters": safetensors_parameters(folder) if folder else None,
+               "size_on_disk": _size(folder.iterdir()) if folder else None,
+               "modality": "image" if family == "vision" else "text",
+               "heads": FAMILY_HEADS[family], "recipes": _recipes(family)}
+    if folder:
+        tok = folder / "tokenizer_config.json"
+        summary["tokenizer"] = json.loads(tok.read_text()).get("tokenizer_class") if tok.is_file() else None
+        summary["image_processor"] = (folder / "preprocessor_config.json").is_file()
+        summary["chat_template"] = (folder / "chat_template.jinja").is_file() or (
+            tok.is_file() and "chat_template" in json.loads(tok.read_text()))
+        if getattr(config, "id2label", None) and (folder / "config.json").is_file() and \
+                "id2label" in json.loads((folder / "config.json").read_text()):
+            summary["labels"] = list(config.id2label.values())
+        _with_training(summary, folder)
+    return summary
+
+
+def _with_training(summary: dict, folder: Path) -> dict:
+    """Add what a finetune_kit run folder records about its training."""
+    info = folder / "run_info.json"
+    if info.is_file():
+        summary["training"] = {k: v for k, v in json.loads(info.read_text()).items() if k in ("recipe", "metrics")}
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    for key, value in summary.items():
+        if value is None:
+            continue
+        if key == "parameters":
+            value = f"{value:,}"
+        elif key == "size_on_disk":
+            value = f"{value / 2**20:.1f} MiB"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        print(f"{key:>16}: {value}")
+
+
+def tokenize_text(tokenizer, text: str, chat: bool = False) -> list[tuple[int, str, bool]]:
+    """(id, token, is_special) for each token of `text`, or of `text` as a user turn rendered by the chat template."""
+    if chat:
+        if not tokenizer.chat_template:
+            raise UserError("this tokenizer has no chat template; drop --chat.")
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(text)["input_ids"]  # with the special tokens the model sees ([CLS]/[SEP], BOS, ...)
+    special = set(tokenizer.all_special_ids)
+    return [(i, tok, i in special) for i, tok in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
+
+
+def print_tokens(rows: list[tuple[int, str, bool]]) -> None:
+    for pos, (token_id, token, special) in enumerate(rows):
+        print(f"{pos:>5}  {token_id:>7}  {token!r}{'  (special)' if special else ''}")
+    print(f"{len(rows)} tokens, {sum(s for *_, s in rows)} special")
