@@ -8,6 +8,7 @@
     finetune-kit export runs/sft-smollm2-lora --out exports/quokka --dtype bfloat16
     finetune-kit tokenize smollm2-135m-instruct "Hello there" [--chat]
     finetune-kit inspect runs/sft-smollm2-lora
+    finetune-kit predict --model runs/text-classification-minilm-sst2 --text "a gorgeous film"
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def _build_parser() -> argparse.ArgumentParser:
     tok.add_argument("checkpoint")
     tok.add_argument("text")
     tok.add_argument("--chat", action="store_true", help="render the text as a user turn with the chat template")
+    predict = commands.add_parser("predict", help="classify new texts with a trained classifier")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    predict.add_argument("--text_pair", action="append", help="second text of a pair (repeatable, same count)")
+    predict.add_argument("--input", type=Path, help="jsonl / csv / tsv file of texts")
+    predict.add_argument("--output", type=Path, help="jsonl file for the results (default: print)")
+    predict.add_argument("--text_column", default="text")
+    predict.add_argument("--text_pair_column")
     inspect = commands.add_parser("inspect", help="what a checkpoint is and which recipes fit it")
     inspect.add_argument("checkpoint")
     inspect.add_argument("--json", action="store_true")
@@ -126,6 +135,8 @@ def _main(argv: list[str] | None) -> None:
         from finetune_kit.models import load_tokenizer
 
         print_tokens(tokenize_text(load_tokenizer(args.checkpoint), args.text, chat=args.chat))
+    elif args.command == "predict":
+        _predict(args)
     elif args.command == "inspect":
         from finetune_kit.inspect_model import describe, print_summary
 
@@ -154,6 +165,35 @@ def _generate(model, tokenizer, args) -> None:
             batch = prompts[start:start + args.batch_size]
             for prompt, answer in zip(batch, generate_batch(model, tokenizer, batch, options)):
                 out.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+
+
+def _predict(args) -> None:
+    from finetune_kit.data.readers import read_file
+    from finetune_kit.models import load_for_inference
+    from finetune_kit.predict import classify
+
+    if bool(args.text) == bool(args.input):
+        raise UserError("predict: give either --text (one or more) or --input FILE.")
+    texts, pairs = args.text or [], args.text_pair
+    if args.input:
+        if not args.input.is_file():
+            raise UserError(f"input file not found: {args.input}")
+        rows = read_file(args.input)
+        for where, row in rows:
+            for column in filter(None, (args.text_column, args.text_pair_column)):
+                if not isinstance(row.get(column), str) or not row[column].strip():
+                    raise UserError(f"{where}: field '{column}' must be non-empty text.")
+        texts = [row[args.text_column] for _, row in rows]
+        pairs = [row[args.text_pair_column] for _, row in rows] if args.text_pair_column else None
+    if pairs is not None and len(pairs) != len(texts):
+        raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
+    model, tokenizer = load_for_inference(args.model)
+    results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
+    lines = [json.dumps(r) for r in results]
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:

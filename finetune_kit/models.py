@@ -199,6 +199,19 @@ def read_adapter_config(folder: Path) -> dict | None:
     return config
 
 
+def _task_of(folder: Path) -> str | None:
+    """The peft-style task name of a full checkpoint, from its config's architecture names."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    archs = " ".join(json.loads(config.read_text()).get("architectures") or [])
+    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+                         ("ForQuestionAnswering", "QUESTION_ANS")):
+        if suffix in archs:
+            return task
+    return None
+
+
 def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool = False):
     """Model and tokenizer from a run folder (base + adapter, or a full model) or any checkpoint, in eval mode.
 
@@ -210,13 +223,17 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
 
     resolved = Path(resolve_checkpoint(path))
     adapter = read_adapter_config(resolved) if resolved.is_dir() else None
-    auto_class = getattr(transformers, _TASK_CLASSES.get((adapter or {}).get("task_type"), "AutoModelForCausalLM"))
+    task = (adapter or {}).get("task_type") or _task_of(resolved)
+    auto_class = getattr(transformers, _TASK_CLASSES.get(task, "AutoModelForCausalLM"))
+    # A classifier run saves its config (labels, head size) beside the adapter; the base must load with it.
+    config = {"config": transformers.AutoConfig.from_pretrained(resolved)} \
+        if adapter and (resolved / "config.json").is_file() else {}
     try:
         if adapter is None:
             model = auto_class.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
         else:
             base = auto_class.from_pretrained(resolve_checkpoint(adapter["base_model_name_or_path"]),
-                                              trust_remote_code=trust_remote_code)
+                                              trust_remote_code=trust_remote_code, **config)
             model = PeftModel.from_pretrained(base, str(resolved))
             if merge:
                 model = model.merge_and_unload()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers import TrainingArguments
 from trl import SFTConfig
 
 from finetune_kit.config import DataArguments, ModelArguments, RunArguments, register_checks
@@ -28,13 +29,64 @@ class SFTTrainingArguments(SFTConfig):
     )
 
     def __post_init__(self):
-        if not self.output_dir:  # transformers would write to ./trainer_output; a run folder should be chosen
-            raise ValueError("output_dir is required.")
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and bf16_is_fast()
-        if (self.bf16 or self.fp16) and not has_accelerator():
-            self.use_cpu = True  # transformers only allows CPU autocast when told it runs on the CPU
+        machine_defaults(self)
         super().__post_init__()
+
+
+def machine_defaults(args) -> None:
+    """Shared by the recipes' training arguments, before transformers validates them."""
+    if not args.output_dir:  # transformers would write to ./trainer_output; a run folder should be chosen
+        raise ValueError("output_dir is required.")
+    if args.bf16 is None:
+        args.bf16 = not args.fp16 and bf16_is_fast()
+    if (args.bf16 or args.fp16) and not has_accelerator():
+        args.use_cpu = True  # transformers only allows CPU autocast when told it runs on the CPU
+
+
+@dataclass
+class ClassifierTrainingArguments(TrainingArguments):
+    """transformers' `TrainingArguments` with bf16 chosen by the hardware, as for SFT."""
+
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; default: on where the hardware runs it natively."}
+    )
+    # Named and placed as in trl's configs, so the key means the same in every recipe.
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a hub checkpoint."})
+
+    def __post_init__(self):
+        machine_defaults(self)
+        super().__post_init__()
+
+
+@dataclass
+class ClassificationArguments:
+    """Columns, label handling, class imbalance and freezing for text classification."""
+
+    text_column: str = field(default="text", metadata={"help": "Column with the text (the first sentence)."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column for pair tasks."})
+    label_column: str = field(default="label", metadata={"help": "Column with the label(s) or the score."})
+    problem_type: str = field(default="auto", metadata={
+        "help": "Detected from the labels when auto.", "choices": ("auto", "single_label", "multi_label", "regression")})
+    labels: list[str] | None = field(default=None, metadata={"help": "The label set, in id order (default: sorted)."})
+    max_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
+    test_split_ratio: float = field(default=0.0, metadata={"help": "Fraction held out as a test split (stratified)."})
+    class_weights: str | None = field(default=None, metadata={"help": "'auto' (inverse frequency) or 'w0,w1,...'."})
+    sampling: str = field(default="none", metadata={
+        "help": "Training-set balancing.", "choices": ("none", "balanced", "oversample", "undersample")})
+    freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N layers."})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "Replace a checkpoint's classification head that has a different number of labels."})
+
+
+@dataclass
+class TextClassificationConfig:
+    """`recipes/text_classification.py`: BERT-family sequence classification or regression."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: ClassificationArguments
+    training: ClassifierTrainingArguments
+    run: RunArguments
 
 
 @dataclass
@@ -120,7 +172,28 @@ COMMON_CHECKS = (
     one_mixed_precision,
 )
 
+def classifier_splits_in_range(cfg) -> str | None:
+    total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
+    if not 0 <= cfg.task.test_split_ratio < 1 or total >= 1:
+        return f"eval_split_ratio + test_split_ratio must stay below 1, got {total}."
+    return None
+
+
+def weights_or_balanced_sampling(cfg) -> str | None:
+    if cfg.task.class_weights and cfg.task.sampling != "none":
+        return "class_weights and sampling both correct for imbalance; use one of them."
+    return None
+
+
+def freeze_layers_not_negative(cfg) -> str | None:
+    if cfg.task.freeze_layers < 0:
+        return f"freeze_layers must be >= 0, got {cfg.task.freeze_layers}."
+    return None
+
+
 register_checks(SFTRecipeConfig, *COMMON_CHECKS)
+register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
+                freeze_layers_not_negative)
 
 # Which config type a shipped YAML belongs to, by file-name prefix (recipes/configs/<recipe>_*.yaml).
-RECIPE_CONFIGS = {"sft": SFTRecipeConfig}
+RECIPE_CONFIGS = {"sft": SFTRecipeConfig, "text_classification": TextClassificationConfig}

@@ -30,8 +30,8 @@ BASE = "dataset_name: d.jsonl\noutput_dir: out\nuse_peft: true\n"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_yaml_parses(path):
-    recipe = path.stem.split("_")[0]
-    assert recipe in RECIPE_CONFIGS, f"{path.name}: no recipe config type for prefix '{recipe}'"
+    recipe = next((name for name in RECIPE_CONFIGS if path.stem.startswith(name + "_")), None)
+    assert recipe, f"{path.name}: the file name does not start with a recipe name ({', '.join(RECIPE_CONFIGS)})"
     cfg = parse_config(RECIPE_CONFIGS[recipe], ["--config", str(path)])
     assert cfg.data.dataset_name and cfg.training.output_dir
 

@@ -1,0 +1,126 @@
+"""Text classification with a BERT-family encoder: single sentence or pairs; single-, multi-label or regression.
+
+    python recipes/text_classification.py --config recipes/configs/text_classification_minilm_sst2.yaml
+    accelerate launch recipes/text_classification.py --config ...
+    finetune-kit train text_classification --config ...
+
+Labels come from the data (the head is sized to them, `id2label` saved with the model); splits are stratified by
+label; class imbalance is handled by `class_weights` (weighted loss) or `sampling` (balanced sampler, over- or
+undersampling); `freeze_layers` freezes the embeddings and lower layers; LoRA keeps the head trainable. The test
+split's metrics and a per-class report land in `eval_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+from trl import get_peft_config
+
+from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.data import read_rows
+from finetune_kit.data.formats import apply_column_mapping
+from finetune_kit.errors import UserError, run_cli
+from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.recipe_configs import TextClassificationConfig
+from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+from finetune_kit.tasks import classification as clf
+
+
+class BalancedTrainer(Trainer):
+    """Draws training rows so every class is equally likely per batch (`sampling: balanced`)."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        labels = torch.tensor(self.train_dataset["labels"])
+        weights = (1.0 / torch.bincount(labels).float())[labels]
+        return torch.utils.data.WeightedRandomSampler(weights, len(labels), generator=torch.Generator().manual_seed(
+            self.args.seed))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(TextClassificationConfig, argv)
+    args, task = cfg.training, cfg.task
+    resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
+
+    # Every row is read, validated and labelled before the model loads.
+    rows = [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(cfg.data.dataset_name)]
+    rows = rows[: cfg.data.max_train_samples or None]
+    examples = clf.read_examples(rows, task)
+    problem = clf.detect_problem_type([e["label"] for e in examples], task.problem_type)
+    names = clf.label_names(examples, problem, task.labels)
+    clf.encode_labels(examples, [w for w, _ in rows], problem, names, task.label_column)
+    splits = clf.stratified_splits(Dataset.from_list(examples), cfg.data.eval_split_ratio, task.test_split_ratio,
+                                   args.seed, stratify=problem == clf.SINGLE)
+    if task.sampling in ("oversample", "undersample"):
+        splits["train"] = clf.resample(splits["train"], task.sampling, args.seed)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+                               trust_remote_code=args.trust_remote_code)
+
+    def tokenize(batch):
+        pair = batch["text_pair"] if task.text_pair_column else None
+        encoded = tokenizer(batch["text"], pair, truncation=True, max_length=task.max_length)
+        return {**encoded, "labels": batch["label"]}
+
+    splits = {k: v.map(tokenize, batched=True, remove_columns=v.column_names) if v is not None else None
+              for k, v in splits.items()}
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), problem_type=problem,
+            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
+    except (RuntimeError, ValueError) as err:
+        if "size mismatch" not in str(err) and "ignore_mismatched_sizes" not in str(err):
+            raise
+        raise UserError(f"{cfg.model.model_name_or_path} has a classification head of another size than the "
+                        f"{len(names)} labels found in the data; set ignore_mismatched_sizes: true to replace it.") from None
+    if task.freeze_layers:
+        clf.freeze_lower_layers(model, task.freeze_layers)
+    if cfg.model.use_peft:
+        cfg.model.lora_task_type = "SEQ_CLS"  # peft then keeps the new head trainable (modules_to_save)
+        model = get_peft_model(model, get_peft_config(cfg.model))
+    if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:
+        clear_output_dir(args.output_dir)
+
+    weights = clf.class_weights(splits["train"]["labels"], len(names), task.class_weights) \
+        if task.class_weights and problem == clf.SINGLE else None
+    trainer = (BalancedTrainer if task.sampling == "balanced" else Trainer)(
+        model=model, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=clf.metrics_fn(problem),
+        compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
+    )
+    metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
+    final_split = splits["test"] or splits["validation"]
+    if final_split is not None:
+        output = trainer.predict(final_split, metric_key_prefix="test" if splits["test"] else "eval")
+        metrics.update(output.metrics)
+        if problem == clf.SINGLE and trainer.is_world_process_zero():
+            metrics["per_class"] = clf.per_class_report(output.predictions, output.label_ids, names)
+            _print_report(metrics["per_class"], names)
+
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        if cfg.model.use_peft:  # the base config carries num_labels and id2label for loading the adapter later
+            trainer.model.base_model.model.config.save_pretrained(args.output_dir)
+            record_base_model(args.output_dir, cfg.model.model_name_or_path)
+        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_run_files(args.output_dir, config_to_dict(cfg), "text_classification", metrics,
+                        trainer.state.log_history)
+    return metrics
+
+
+def _print_report(report: dict, names: list[str]) -> None:
+    print(f"{'label':>16}  precision  recall  f1      support")
+    for name in names:
+        r = report[name]
+        print(f"{name:>16}  {r['precision']:.3f}      {r['recall']:.3f}   {r['f1-score']:.3f}   {int(r['support'])}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
