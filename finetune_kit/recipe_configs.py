@@ -172,6 +172,32 @@ COMMON_CHECKS = (
     one_mixed_precision,
 )
 
+@dataclass
+class TokenTaskArguments:
+    """Columns and sub-word label alignment for token classification."""
+
+    tokens_column: str = field(default="tokens", metadata={"help": "json/jsonl column with the word list."})
+    tags_column: str = field(default="tags", metadata={"help": "json/jsonl column with one tag per word."})
+    tag_column_index: int | None = field(default=None, metadata={
+        "help": "CoNLL files: 0-based column of the tag (default: the first column holding BIO tags)."})
+    label_all_tokens: bool = field(default=False, metadata={
+        "help": "Label every sub-token of a word (B- becomes I- after the first), not only the first."})
+    max_length: int = field(default=256, metadata={"help": "Longest tokenized sentence; longer ones are truncated."})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "Replace a checkpoint's token-classification head that has a different number of tags."})
+
+
+@dataclass
+class TokenClassificationConfig:
+    """`recipes/token_classification.py`: NER / tagging with a BERT-family encoder."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: TokenTaskArguments
+    training: ClassifierTrainingArguments
+    run: RunArguments
+
+
 def classifier_splits_in_range(cfg) -> str | None:
     total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
     if not 0 <= cfg.task.test_split_ratio < 1 or total >= 1:
@@ -192,8 +218,10 @@ def freeze_layers_not_negative(cfg) -> str | None:
 
 
 register_checks(SFTRecipeConfig, *COMMON_CHECKS)
+register_checks(TokenClassificationConfig, *COMMON_CHECKS)
 register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
                 freeze_layers_not_negative)
 
 # Which config type a shipped YAML belongs to, by file-name prefix (recipes/configs/<recipe>_*.yaml).
-RECIPE_CONFIGS = {"sft": SFTRecipeConfig, "text_classification": TextClassificationConfig}
+RECIPE_CONFIGS = {"sft": SFTRecipeConfig, "text_classification": TextClassificationConfig,
+                  "token_classification": TokenClassificationConfig}

@@ -99,3 +99,20 @@ def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
            "disable_tqdm": True}
     run_recipe("sft", ["--config", write_config(tmp / "c.yaml", cfg)])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer, hidden-32 BERT (no head) with the embedded MiniLM's WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from finetune_kit.models import embedded_path
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_path("minilm-l6"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -19,21 +19,6 @@ POS = ["great", "lovely", "superb", "wonderful", "fine"]
 NEG = ["awful", "boring", "dreadful", "poor", "dull"]
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from finetune_kit.models import embedded_path
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_path("minilm-l6"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def sentiment_rows(n: int, minority_every: int = 2, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
