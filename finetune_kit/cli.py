@@ -92,6 +92,9 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True)
     predict.add_argument("--text", action="append", help="a text to classify (repeatable)")
     predict.add_argument("--text_pair", action="append", help="second text of a pair (repeatable, same count)")
+    predict.add_argument("--image", action="append", help="an image file to classify (repeatable)")
+    predict.add_argument("--question", action="append", help="QA models: a question (repeatable, with --context)")
+    predict.add_argument("--context", action="append", help="QA models: the passage each question is about")
     predict.add_argument("--input", type=Path, help="jsonl / csv / tsv file of texts")
     predict.add_argument("--output", type=Path, help="jsonl file for the results (default: print)")
     predict.add_argument("--text_column", default="text")
@@ -170,10 +173,14 @@ def _generate(model, tokenizer, args) -> None:
 def _predict(args) -> None:
     from finetune_kit.data.readers import read_file
     from finetune_kit.models import load_for_inference
-    from finetune_kit.predict import classify
+    from finetune_kit.predict import classify, tag
 
+    if args.image:
+        return _predict_images(args)
+    if args.question:
+        return _predict_answers(args)
     if bool(args.text) == bool(args.input):
-        raise UserError("predict: give either --text (one or more) or --input FILE.")
+        raise UserError("predict: give either --text / --image (one or more) or --input FILE.")
     texts, pairs = args.text or [], args.text_pair
     if args.input:
         if not args.input.is_file():
@@ -187,13 +194,40 @@ def _predict(args) -> None:
         pairs = [row[args.text_pair_column] for _, row in rows] if args.text_pair_column else None
     if pairs is not None and len(pairs) != len(texts):
         raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
-    model, tokenizer = load_for_inference(args.model)
-    results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
+    model, tokenizer = load_for_inference(args.model, merge=True)
+    kind = type(model).__name__
+    if "TokenClassification" in kind:
+        results = [{"text": t, **r} for t, r in zip(texts, tag(model, tokenizer, texts))]
+    else:
+        results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
     lines = [json.dumps(r) for r in results]
     if args.output:
         args.output.write_text("\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
+
+
+def _predict_answers(args) -> None:
+    from finetune_kit.models import load_for_inference
+    from finetune_kit.predict import answer
+
+    if not args.context or len(args.context) not in (1, len(args.question)):
+        raise UserError("predict: give one --context for all questions, or one per --question.")
+    contexts = args.context * len(args.question) if len(args.context) == 1 else args.context
+    model, tokenizer = load_for_inference(args.model, merge=True)
+    for result in answer(model, tokenizer, args.question, contexts):
+        print(json.dumps(result))
+
+
+def _predict_images(args) -> None:
+    from finetune_kit.models import load_for_inference
+    from finetune_kit.predict import classify_images
+    from finetune_kit.tasks.images import check_images
+
+    check_images([(path, {"image": path}) for path in args.image])
+    model, processor = load_for_inference(args.model)
+    for path, result in zip(args.image, classify_images(model, processor, args.image)):
+        print(json.dumps({"image": path, **result}))
 
 
 def main(argv: list[str] | None = None) -> None:

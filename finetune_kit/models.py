@@ -179,7 +179,8 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
 
 # peft task type of a saved adapter -> the transformers class its base model loads with.
 _TASK_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
-                 "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering"}
+                 "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
+                 "IMAGE_CLS": "AutoModelForImageClassification"}
 
 
 def read_adapter_config(folder: Path) -> dict | None:
@@ -206,7 +207,7 @@ def _task_of(folder: Path) -> str | None:
         return None
     archs = " ".join(json.loads(config.read_text()).get("architectures") or [])
     for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
-                         ("ForQuestionAnswering", "QUESTION_ANS")):
+                         ("ForQuestionAnswering", "QUESTION_ANS"), ("ForImageClassification", "IMAGE_CLS")):
         if suffix in archs:
             return task
     return None
@@ -248,5 +249,14 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
                 "(tensor shapes differ): it was trained on a different model."
             ) from None
         raise
-    tokenizer = load_tokenizer(str(resolved), trust_remote_code=trust_remote_code)
-    return model.eval(), tokenizer
+    return model.eval(), load_processor(resolved, trust_remote_code)
+
+
+def load_processor(folder: Path, trust_remote_code: bool = False):
+    """The tokenizer of a text checkpoint, or the image processor of a vision one."""
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    if folder.is_dir() and not has_tokenizer and (folder / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(folder)
+    return load_tokenizer(str(folder), trust_remote_code=trust_remote_code)

@@ -35,3 +35,40 @@ def classify(model, tokenizer, texts: list[str], pairs: list[str] | None = None,
                 best = int(probs.argmax())
                 results.append({"label": names[best], "score": round(float(probs[best]), 4)})
     return results
+
+
+def classify_images(model, processor, images: list) -> list[dict]:
+    """Label and probability per image (paths or PIL images), preprocessed exactly as in training."""
+    from finetune_kit.tasks.images import pixel_values
+
+    with torch.no_grad():
+        probs = torch.softmax(model(pixel_values=pixel_values(processor, images)).logits, -1)
+    return [{"label": model.config.id2label[int(p.argmax())], "score": round(float(p.max()), 4)} for p in probs]
+
+
+def tag(model, tokenizer, texts: list[str]) -> list[dict]:
+    """Entities per text (words grouped into spans, the first sub-token's label deciding, as in training)."""
+    from transformers import pipeline
+
+    tagger = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first")
+    return [{"entities": [{"entity": e["entity_group"], "word": e["word"], "start": int(e["start"]),
+                           "end": int(e["end"]), "score": round(float(e["score"]), 4)} for e in tagger(text)]}
+            for text in texts]
+
+
+def answer(model, tokenizer, questions: list[str], contexts: list[str], max_length: int = 384,
+           stride: int = 128) -> list[dict]:
+    """The answer span for each question in its context ('' when the null answer wins, SQuAD v2 style), with the
+    same windowing and span post-processing as training (transformers 5 dropped its QA pipeline)."""
+    from finetune_kit.tasks import qa
+
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+    stride = min(stride, max_length // 4)
+    examples = [{"id": str(i), "question": q, "context": c} for i, (q, c) in enumerate(zip(questions, contexts))]
+    batch = {k: [e[k] for e in examples] for k in ("id", "question", "context")}
+    features = qa.eval_features(tokenizer, batch, max_length, stride)
+    inputs = {k: torch.tensor(features[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
+    with torch.no_grad():
+        output = model(**inputs)
+    answers = qa.best_answers(examples, features, output.start_logits.numpy(), output.end_logits.numpy())
+    return [{"question": e["question"], "answer": answers[e["id"]]} for e in examples]

@@ -198,6 +198,89 @@ class TokenClassificationConfig:
     run: RunArguments
 
 
+@dataclass
+class MaskedLMArguments:
+    text_column: str = field(default="text", metadata={"help": "Column with the text (txt files: each line)."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per training block."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked (BERT used 0.15)."})
+    line_by_line: bool = field(default=False, metadata={"help": "One example per row instead of packed blocks."})
+
+
+@dataclass
+class MaskedLMConfig:
+    """`recipes/masked_lm.py`: continued masked-LM pretraining of a BERT-family encoder."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: MaskedLMArguments
+    training: ClassifierTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class ImageTaskArguments:
+    image_column: str = field(default="image", metadata={"help": "CSV/JSON(L): column with the image path."})
+    label_column: str = field(default="label", metadata={"help": "CSV/JSON(L): column with the label."})
+    labels: list[str] | None = field(default=None, metadata={"help": "The label set, in id order (default: sorted)."})
+    test_split_ratio: float = field(default=0.0, metadata={"help": "Fraction held out as a test split (stratified)."})
+    augment: str = field(default="none", metadata={
+        "help": "Training-time augmentation.", "choices": ("none", "flip", "crop", "flip_crop")})
+    image_size: int = field(default=32, metadata={"help": "Input size of the ViT built by vit-tiny-from-config."})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "Replace a checkpoint's classification head that has a different number of labels."})
+
+
+@dataclass
+class ImageClassificationConfig:
+    """`recipes/image_classification.py`: ViT image classification."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: ImageTaskArguments
+    training: ClassifierTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class QuestionAnsweringArguments:
+    max_length: int = field(default=384, metadata={"help": "Tokens per window (question + part of the context)."})
+    doc_stride: int = field(default=128, metadata={"help": "Overlap between windows of a long context."})
+    n_best_size: int = field(default=20, metadata={"help": "Start / end candidates considered per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer span, in tokens."})
+    null_score_threshold: float = field(default=0.0, metadata={
+        "help": "v2: answer '' when the null score beats the best span by more than this."})
+    version_2_with_negative: bool = field(default=False, metadata={
+        "help": "Allow '' answers (SQuAD v2); on automatically when the data has unanswerable questions."})
+
+
+@dataclass
+class QuestionAnsweringConfig:
+    """`recipes/question_answering.py`: extractive QA on SQuAD-format JSON."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: QuestionAnsweringArguments
+    training: ClassifierTrainingArguments
+    run: RunArguments
+
+
+def stride_below_window(cfg) -> str | None:
+    if not 0 <= cfg.task.doc_stride < cfg.task.max_length // 2:
+        return f"doc_stride ({cfg.task.doc_stride}) must be below half of max_length ({cfg.task.max_length})."
+    return None
+
+
+def image_splits_in_range(cfg) -> str | None:
+    total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
+    return None if total < 1 else f"eval_split_ratio + test_split_ratio must stay below 1, got {total}."
+
+
+def mlm_probability_in_range(cfg) -> str | None:
+    if not 0 < cfg.task.mlm_probability < 1:
+        return f"mlm_probability must be between 0 and 1, got {cfg.task.mlm_probability}."
+    return None
+
+
 def classifier_splits_in_range(cfg) -> str | None:
     total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
     if not 0 <= cfg.task.test_split_ratio < 1 or total >= 1:
@@ -219,9 +302,14 @@ def freeze_layers_not_negative(cfg) -> str | None:
 
 register_checks(SFTRecipeConfig, *COMMON_CHECKS)
 register_checks(TokenClassificationConfig, *COMMON_CHECKS)
+register_checks(MaskedLMConfig, *COMMON_CHECKS, mlm_probability_in_range)
+register_checks(ImageClassificationConfig, *COMMON_CHECKS, image_splits_in_range)
+register_checks(QuestionAnsweringConfig, *COMMON_CHECKS, stride_below_window)
 register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
                 freeze_layers_not_negative)
 
 # Which config type a shipped YAML belongs to, by file-name prefix (recipes/configs/<recipe>_*.yaml).
 RECIPE_CONFIGS = {"sft": SFTRecipeConfig, "text_classification": TextClassificationConfig,
-                  "token_classification": TokenClassificationConfig}
+                  "token_classification": TokenClassificationConfig, "masked_lm": MaskedLMConfig,
+                  "image_classification": ImageClassificationConfig,
+                  "question_answering": QuestionAnsweringConfig}

@@ -81,3 +81,17 @@ def test_mismatched_token_and_tag_counts(tmp_path, tiny_bert_dir):
     with pytest.raises(DataError, match=r"ner\.jsonl line 3: 2 tokens but 1 tags"):
         run_recipe("token_classification", ["--config", write_config(tmp_path / "c.yaml", cfg)])
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_tags_entities(tmp_path, tiny_bert_dir, capsys):
+    from finetune_kit.cli import main
+
+    data = write_jsonl(tmp_path / "ner.jsonl", ner_rows(96))
+    cfg = {"model_name_or_path": str(tiny_bert_dir), "dataset_name": str(data), "output_dir": str(tmp_path / "run"),
+           "num_train_epochs": 10, "per_device_train_batch_size": 16, "learning_rate": 3e-3, "save_strategy": "no",
+           "report_to": "none", "disable_tqdm": True, "seed": 0}
+    run_recipe("token_classification", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    capsys.readouterr()
+    main(["predict", "--model", str(tmp_path / "run"), "--text", "Chen lives in Oslo"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(e["entity"], e["word"]) for e in result["entities"]] == [("PER", "chen"), ("LOC", "oslo")]

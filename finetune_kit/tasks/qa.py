@@ -1,0 +1,117 @@
+"""Extractive question answering (SQuAD v1 / v2): reading, long contexts split with a stride, span post-processing.
+
+Features follow the transformers QA examples: a context longer than `max_length` becomes several overlapping
+windows (`doc_stride` tokens of overlap); each window's labels are the answer's start / end tokens, or the [CLS]
+token when the answer is not inside it (or the question has none). At prediction time the best valid span over all
+windows wins, unless the null score beats it by more than `null_score_threshold` (v2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from finetune_kit.errors import DataError
+
+
+def read_squad(path: str) -> list[dict]:
+    """One row per question: id, title, context, question, answers {text: [...], answer_start: [...]}."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"dataset file not found: {path}")
+    try:
+        articles = json.loads(file.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not SQuAD JSON (expected {{'data': [articles]}}): {err}") from None
+    rows = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            context = paragraph.get("context")
+            for question in paragraph.get("qas", []):
+                where = f"{file.name} data[{a}].paragraphs[{p}] question {question.get('id')!r}"
+                if not isinstance(context, str) or not context.strip():
+                    raise DataError(f"{where}: the paragraph has no context text.")
+                if not str(question.get("question", "")).strip():
+                    raise DataError(f"{where}: field 'question' is empty.")
+                answers = [] if question.get("is_impossible") else question.get("answers", [])
+                for answer in answers:
+                    start, text = answer.get("answer_start"), answer.get("text", "")
+                    if not isinstance(start, int) or context[start:start + len(text)] != text or not text:
+                        raise DataError(f"{where}: answer {text!r} is not inside its context at answer_start={start}.")
+                rows.append({"id": str(question["id"]), "title": article.get("title", f"article {a}"),
+                             "context": context, "question": question["question"].strip(),
+                             "answers": {"text": [x["text"] for x in answers],
+                                         "answer_start": [x["answer_start"] for x in answers]}})
+    if not rows:
+        raise DataError(f"{path}: no questions found.")
+    return rows
+
+
+def _windows(tokenizer, batch, max_length: int, stride: int):
+    pad_right = tokenizer.padding_side == "right"
+    return tokenizer(batch["question" if pad_right else "context"], batch["context" if pad_right else "question"],
+                     truncation="only_second" if pad_right else "only_first", max_length=max_length, stride=stride,
+                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+
+
+def train_features(tokenizer, batch, max_length: int, stride: int) -> dict:
+    enc = _windows(tokenizer, batch, max_length, stride)
+    sample_map = enc.pop("overflow_to_sample_mapping")
+    starts, ends = [], []
+    for i, offsets in enumerate(enc.pop("offset_mapping")):
+        cls = enc["input_ids"][i].index(tokenizer.cls_token_id) if tokenizer.cls_token_id in enc["input_ids"][i] else 0
+        answers = batch["answers"][sample_map[i]]
+        sequence = enc.sequence_ids(i)
+        context_tokens = [k for k, s in enumerate(sequence) if s == 1]
+        if not answers["answer_start"]:
+            starts.append(cls)
+            ends.append(cls)
+            continue
+        a_start = answers["answer_start"][0]
+        a_end = a_start + len(answers["text"][0])
+        first, last = context_tokens[0], context_tokens[-1]
+        if offsets[first][0] > a_start or offsets[last][1] < a_end:  # answer not in this window
+            starts.append(cls)
+            ends.append(cls)
+            continue
+        starts.append(next(k for k in context_tokens if offsets[k][1] > a_start))
+        ends.append(next(k for k in reversed(context_tokens) if offsets[k][0] < a_end))
+    enc["start_positions"], enc["end_positions"] = starts, ends
+    return enc
+
+
+def eval_features(tokenizer, batch, max_length: int, stride: int) -> dict:
+    enc = _windows(tokenizer, batch, max_length, stride)
+    sample_map = enc.pop("overflow_to_sample_mapping")
+    enc["example_id"] = [batch["id"][s] for s in sample_map]
+    # Keep offsets only for context tokens, so a predicted span can never fall in the question.
+    enc["offset_mapping"] = [[o if enc.sequence_ids(i)[k] == 1 else None for k, o in enumerate(offsets)]
+                             for i, offsets in enumerate(enc["offset_mapping"])]
+    return enc
+
+
+def best_answers(examples, features, start_logits, end_logits, n_best: int = 20, max_answer_length: int = 30,
+                 null_score_threshold: float | None = 0.0) -> dict[str, str]:
+    """The answer text per example id. With a threshold (v2), "" when null score - best span score > threshold."""
+    by_example: dict[str, list[int]] = {}
+    for i, example_id in enumerate(features["example_id"]):
+        by_example.setdefault(example_id, []).append(i)
+    answers = {}
+    for example in examples:
+        best_text, best_score, null_score = "", -np.inf, np.inf
+        for f in by_example.get(example["id"], []):
+            starts, ends, offsets = start_logits[f], end_logits[f], features["offset_mapping"][f]
+            null_score = min(null_score, starts[0] + ends[0])
+            for s in np.argsort(starts)[-n_best:][::-1]:
+                for e in np.argsort(ends)[-n_best:][::-1]:
+                    if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                        continue
+                    score = starts[s] + ends[e]
+                    if score > best_score:
+                        best_score, best_text = score, example["context"][offsets[s][0]:offsets[e][1]]
+        if null_score_threshold is not None and null_score - best_score > null_score_threshold:
+            best_text = ""
+        answers[example["id"]] = best_text
+    return answers
