@@ -115,3 +115,22 @@ def _write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any]) -> None:
+    """Save the model and everything that describes the run; only the main process writes.
+
+    An adapter run also keeps its base config (label names, head size), so the adapter loads back onto the right
+    head, and records the base model as the user named it.
+    """
+    from finetune_kit.config import config_to_dict
+
+    args = trainer.args
+    trainer.save_model(args.output_dir)  # model or adapter, plus the tokenizer / image processor
+    if not trainer.is_world_process_zero():
+        return
+    if getattr(cfg.model, "use_peft", False):
+        trainer.model.base_model.model.config.save_pretrained(args.output_dir)
+        record_base_model(args.output_dir, cfg.model.model_name_or_path)
+    _write_atomic(Path(args.output_dir) / "eval_results.json", json.dumps(metrics, indent=2, default=str))
+    write_run_files(args.output_dir, config_to_dict(cfg), recipe, metrics, trainer.state.log_history)

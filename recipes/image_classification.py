@@ -10,18 +10,15 @@ training and for prediction alike, and is saved with the model; augmentations (f
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from datasets import Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer
 
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import parse_config
 from finetune_kit.errors import run_cli
 from finetune_kit.models import resolve_checkpoint
 from finetune_kit.recipe_configs import ImageClassificationConfig
-from finetune_kit.runs import check_output_dir, clear_output_dir, write_run_files
+from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
 from finetune_kit.tasks import images as img
 
@@ -77,11 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(output.metrics)
         metrics["per_class"] = clf.per_class_report(output.predictions, output.label_ids, names)
 
-    trainer.save_model(args.output_dir)  # model (id2label in its config) and the image processor
-    if trainer.is_world_process_zero():
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run_files(args.output_dir, config_to_dict(cfg), "image_classification", metrics,
-                        trainer.state.log_history)
+    finish_run(trainer, cfg, "image_classification", metrics)
     return metrics
 
 

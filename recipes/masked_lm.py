@@ -11,22 +11,20 @@ after training.
 
 from __future__ import annotations
 
-import json
 import math
 from itertools import chain
-from pathlib import Path
 
 from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
 from trl import get_peft_config
 
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import MaskedLMConfig
-from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 
 
 def texts_of(source: str, column: str) -> list[str]:
@@ -92,12 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update(perplexity_before=math.exp(before), perplexity_after=math.exp(after))
     print(f"held-out masked-LM perplexity: {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f}")
 
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        if cfg.model.use_peft:
-            record_base_model(args.output_dir, cfg.model.model_name_or_path)
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run_files(args.output_dir, config_to_dict(cfg), "masked_lm", metrics, trainer.state.log_history)
+    finish_run(trainer, cfg, "masked_lm", metrics)
     return metrics
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
 
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import parse_config
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.metrics import load_metric
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import QuestionAnsweringConfig
-from finetune_kit.runs import check_output_dir, clear_output_dir, write_run_files
+from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import qa
 
 
@@ -69,11 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"held-out exact match {metrics['eval_exact']:.1f}, F1 {metrics['eval_f1']:.1f} "
               f"on {len(eval_rows)} questions")
 
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run_files(args.output_dir, config_to_dict(cfg), "question_answering", metrics,
-                        trainer.state.log_history)
+    finish_run(trainer, cfg, "question_answering", metrics)
     return metrics
 
 

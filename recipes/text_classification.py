@@ -12,22 +12,19 @@ split's metrics and a per-class report land in `eval_results.json`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
 from trl import get_peft_config
 
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.data.formats import apply_column_mapping
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TextClassificationConfig
-from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
 
 
@@ -104,14 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             metrics["per_class"] = clf.per_class_report(output.predictions, output.label_ids, names)
             _print_report(metrics["per_class"], names)
 
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        if cfg.model.use_peft:  # the base config carries num_labels and id2label for loading the adapter later
-            trainer.model.base_model.model.config.save_pretrained(args.output_dir)
-            record_base_model(args.output_dir, cfg.model.model_name_or_path)
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run_files(args.output_dir, config_to_dict(cfg), "text_classification", metrics,
-                        trainer.state.log_history)
+    finish_run(trainer, cfg, "text_classification", metrics)
     return metrics
 
 

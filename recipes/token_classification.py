@@ -11,7 +11,6 @@ recall and F1 come from seqeval through a local evaluate module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from datasets import Dataset
@@ -19,12 +18,12 @@ from peft import get_peft_model
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
 from trl import get_peft_config
 
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TokenClassificationConfig
-from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import tokens as tok
 
 
@@ -87,14 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if evaluation is not None:
         metrics.update(trainer.evaluate())
 
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        if cfg.model.use_peft:
-            trainer.model.base_model.model.config.save_pretrained(args.output_dir)
-            record_base_model(args.output_dir, cfg.model.model_name_or_path)
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run_files(args.output_dir, config_to_dict(cfg), "token_classification", metrics,
-                        trainer.state.log_history)
+    finish_run(trainer, cfg, "token_classification", metrics)
     return metrics
 
 
