@@ -203,11 +203,14 @@ def test_predict_from_the_command_line_and_a_file(tmp_path, tiny_bert_dir, capsy
 
 
 def test_best_checkpoint_is_kept_by_the_chosen_metric(tmp_path, tiny_bert_dir):
-    run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(96), eval_split_ratio=0.25,
-                                             num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
+    run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(160), eval_split_ratio=0.25,
+                                             num_train_epochs=8, eval_strategy="epoch", save_strategy="epoch",
                                              load_best_model_at_end=True, metric_for_best_model="f1_macro",
                                              save_total_limit=1))
-    checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"))
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-    evals = [e["eval_f1_macro"] for e in state["log_history"] if "eval_f1_macro" in e]
-    assert len(evals) == 3 and state["best_metric"] == max(evals) and state["best_model_checkpoint"]
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    evals = [(e["step"], e["eval_f1_macro"]) for e in history if "eval_f1_macro" in e]
+    best_step, best = max(evals, key=lambda x: x[1])  # the first of equal bests, as transformers keeps it
+    best_step = min(step for step, value in evals if value == best)
+    assert len(evals) == 8 and len({v for _, v in evals}) > 1
+    state = json.loads((tmp_path / "run" / f"checkpoint-{best_step}" / "trainer_state.json").read_text())
+    assert state["best_metric"] == best and state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
