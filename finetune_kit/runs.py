@@ -43,17 +43,40 @@ def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: s
     return None
 
 
-def _checkpoint_to_resume(out: Path, resume: str) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete.
 
+    transformers writes trainer_state.json last, after weights, optimizer, scheduler and RNG states; a process killed
+    during a save leaves it missing or cut short, so a parseable trainer_state.json marks a finished checkpoint.
+    """
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (the save did not finish)"
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is cut short (the save did not finish)"
+    weights = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "adapter_model.bin", "pytorch_model.bin.index.json")
+    if not any((folder / name).is_file() for name in weights):
+        return "no model or adapter weights"
+    return None
+
+
+def _checkpoint_to_resume(out: Path, resume: str) -> str:
     if resume.lower() in ("true", "latest", "last"):
-        found = get_last_checkpoint(str(out)) if out.is_dir() else None
-        if found is None:
-            raise UserError(f"resume_from_checkpoint: no checkpoint-* folder in {out} to resume from.")
-        print(f"Resuming from {found}", file=sys.stderr)
-        return found
-    if not Path(resume, "trainer_state.json").is_file():
-        raise UserError(f"resume_from_checkpoint: {resume} is not a checkpoint folder (no trainer_state.json).")
+        checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                             key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
+        for folder in checkpoints:
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                print(f"Resuming from {folder}", file=sys.stderr)
+                return str(folder)
+            print(f"Skipping {folder}: {problem}", file=sys.stderr)
+        raise UserError(f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from.")
+    problem = checkpoint_problem(Path(resume))
+    if problem:
+        raise UserError(f"resume_from_checkpoint: {resume} cannot be resumed from: {problem}.")
     return resume
 
 

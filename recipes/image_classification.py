@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
 
 from finetune_kit.config import parse_config
 from finetune_kit.errors import run_cli
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
     splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio, args.seed, stratify=True)
 
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     if cfg.model.model_name_or_path == img.FROM_CONFIG:
         model, processor = img.tiny_vit(names, task.image_size)
     else:

@@ -16,7 +16,7 @@ from itertools import chain
 
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 from trl import get_peft_config
 
 from finetune_kit.config import parse_config
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise DataError(f"{cfg.data.dataset_name}: too little text for one block of {block} tokens per split; "
                         "lower max_length or set line_by_line: true.")
 
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForMaskedLM.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                                  trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
+from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator, set_seed
 
 from finetune_kit.config import parse_config
 from finetune_kit.errors import DataError, run_cli
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     window = {"max_length": task.max_length, "stride": task.doc_stride}
     train = train_examples.map(lambda b: qa.train_features(tokenizer, b, **window), batched=True,
                                remove_columns=train_examples.column_names)
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForQuestionAnswering.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                                           trust_remote_code=args.trust_remote_code)
     if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:

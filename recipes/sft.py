@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
 from finetune_kit.config import config_to_dict, parse_config
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_dataset = tokenize_sft_dataset(train_rows, tokenizer)
     eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
 
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
     if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:
         clear_output_dir(args.output_dir)

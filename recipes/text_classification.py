@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 from trl import get_peft_config
 
 from finetune_kit.config import parse_config
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = {k: v.map(tokenize, batched=True, remove_columns=v.column_names) if v is not None else None
               for k, v in splits.items()}
 
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), problem_type=problem,
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "size mismatch" not in str(err) and "ignore_mismatched_sizes" not in str(err):
             raise
         raise UserError(f"{cfg.model.model_name_or_path} has a classification head of another size than the "
-                        f"{len(names)} labels found in the data; set ignore_mismatched_sizes: true to replace it.") from None
+                        f"{len(names)} labels in the data; set ignore_mismatched_sizes: true to replace it.") from None
     if task.freeze_layers:
         clf.freeze_lower_layers(model, task.freeze_layers)
     if cfg.model.use_peft:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, set_seed
 from trl import get_peft_config
 
 from finetune_kit.config import parse_config
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = train.map(encode, batched=True, remove_columns=train.column_names)
     evaluation = evaluation.map(encode, batched=True, remove_columns=evaluation.column_names) if evaluation else None
 
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForTokenClassification.from_pretrained(
         resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), id2label=dict(enumerate(names)),
         label2id=index, ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
