@@ -112,7 +112,10 @@ def tiny_bert_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_path("minilm-l6"))
     torch.manual_seed(0)
+    # A wide init (0.2, not 0.02) so that random layers already give inputs distinct features: frozen-base tests
+    # (LoRA) can then learn within a few dozen steps.
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(out)
+                         intermediate_size=64, max_position_embeddings=128,
+                         initializer_range=0.2)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
