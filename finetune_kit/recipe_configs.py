@@ -70,7 +70,8 @@ class ClassificationArguments:
     labels: list[str] | None = field(default=None, metadata={"help": "The label set, in id order (default: sorted)."})
     max_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
     test_split_ratio: float = field(default=0.0, metadata={"help": "Fraction held out as a test split (stratified)."})
-    class_weights: str | None = field(default=None, metadata={"help": "'auto' (inverse frequency) or 'w0,w1,...'."})
+    class_weights: list[str] | None = field(default=None, metadata={
+        "help": "auto (inverse class frequency) or one weight per label in id order, e.g. [1, 5]."})
     sampling: str = field(default="none", metadata={
         "help": "Training-set balancing.", "choices": ("none", "balanced", "oversample", "undersample")})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N layers."})

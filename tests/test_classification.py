@@ -114,6 +114,8 @@ def test_weighted_loss_matches_hand_computation():
     expected = (2.0 * nll[0] + 2 / 3 * nll[1] + 2 / 3 * nll[2]) / (2.0 + 2 / 3 + 2 / 3)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert clf.class_weights([0, 1], 2, "1,5").tolist() == [1.0, 5.0]
+    assert clf.class_weights([0, 1], 2, ["1", "5"]).tolist() == [1.0, 5.0]  # YAML: class_weights: [1, 5]
+    assert clf.class_weights([0, 1, 1, 1], 2, ["auto"]).tolist() == pytest.approx([2.0, 2 / 3])
     with pytest.raises(DataError, match="3 values for 2 labels"):
         clf.class_weights([0, 1], 2, "1,2,3")
 
@@ -214,3 +216,16 @@ def test_best_checkpoint_is_kept_by_the_chosen_metric(tmp_path, tiny_bert_dir):
     assert len(evals) == 8 and len({v for _, v in evals}) > 1
     state = json.loads((tmp_path / "run" / f"checkpoint-{best_step}" / "trainer_state.json").read_text())
     assert state["best_metric"] == best and state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+
+
+def test_class_weights_from_yaml_train(tmp_path, tiny_bert_dir):
+    from finetune_kit.config import parse_config
+    from finetune_kit.recipe_configs import TextClassificationConfig
+
+    argv = config(tmp_path, tiny_bert_dir, sentiment_rows(64, minority_every=4), class_weights=[1, 3],
+                  num_train_epochs=1)
+    assert parse_config(TextClassificationConfig, argv).task.class_weights == ["1", "3"]
+    metrics = run_recipe("text_classification", argv)
+    assert metrics["train_loss"] > 0
+    argv = config(tmp_path, tiny_bert_dir, sentiment_rows(64, minority_every=4), name="auto", class_weights="auto")
+    assert parse_config(TextClassificationConfig, argv).task.class_weights == ["auto"]

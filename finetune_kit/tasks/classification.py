@@ -111,18 +111,19 @@ def resample(dataset: Dataset, how: str, seed: int) -> Dataset:
     return dataset.select(picked)
 
 
-def class_weights(labels: list[int], num_labels: int, spec: str) -> torch.Tensor:
-    """'auto': inverse class frequency, normalised to mean 1 (sklearn's 'balanced'); or explicit 'w0,w1,...'."""
-    if spec == "auto":
+def class_weights(labels: list[int], num_labels: int, spec: list[str] | str) -> torch.Tensor:
+    """'auto': inverse class frequency, normalised to mean 1 (sklearn's 'balanced'); or one weight per label."""
+    spec = [spec] if isinstance(spec, str) else list(spec)
+    if spec == ["auto"]:
         counts = Counter(int(v) for v in labels)
         missing = [i for i in range(num_labels) if not counts[i]]
         if missing:
             raise DataError(f"class_weights: auto needs every class in the training split; missing ids {missing}.")
         return torch.tensor([len(labels) / (num_labels * counts[i]) for i in range(num_labels)], dtype=torch.float)
     try:
-        weights = [float(w) for w in spec.split(",")]
+        weights = [float(w) for item in spec for w in str(item).split(",")]
     except ValueError:
-        raise DataError(f"class_weights must be 'auto' or comma-separated numbers, got {spec!r}.") from None
+        raise DataError(f"class_weights must be auto or numbers (one per label), got {spec!r}.") from None
     if len(weights) != num_labels:
         raise DataError(f"class_weights has {len(weights)} values for {num_labels} labels.")
     return torch.tensor(weights, dtype=torch.float)
