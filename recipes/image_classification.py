@@ -16,6 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Tr
 
 from finetune_kit.config import parse_config
 from finetune_kit.errors import run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import resolve_checkpoint
 from finetune_kit.recipe_configs import ImageClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.remove_unused_columns = False  # the collator reads 'label' itself
 
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
-                      processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE))
+                      processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
+                      callbacks=[NonFiniteGuard()])
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final = held.get("test") or held.get("validation")
     if final is not None:

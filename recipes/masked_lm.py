@@ -22,6 +22,7 @@ from trl import get_peft_config
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import DataError, run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import MaskedLMConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=task.mlm_probability, seed=args.seed)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
-                      data_collator=collator)
+                      data_collator=collator, callbacks=[NonFiniteGuard()])
     before = trainer.evaluate()["eval_loss"]
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     after = trainer.evaluate()["eval_loss"]

@@ -19,6 +19,7 @@ from transformers import AutoModelForQuestionAnswering, Trainer, default_data_co
 
 from finetune_kit.config import parse_config
 from finetune_kit.errors import DataError, run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.metrics import load_metric
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import QuestionAnsweringConfig
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         clear_output_dir(args.output_dir)
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                      data_collator=default_data_collator)
+                      data_collator=default_data_collator, callbacks=[NonFiniteGuard()])
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))

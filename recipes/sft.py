@@ -20,6 +20,7 @@ from trl import SFTTrainer, get_peft_config
 from finetune_kit.config import config_to_dict, parse_config
 from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
 from finetune_kit.errors import UserError, run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.recipe_configs import SFTRecipeConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg.model),
+        callbacks=[NonFiniteGuard()],
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)

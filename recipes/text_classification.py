@@ -22,6 +22,7 @@ from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.data.formats import apply_column_mapping
 from finetune_kit.errors import UserError, run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TextClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=clf.metrics_fn(problem),
         compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
+        callbacks=[NonFiniteGuard()],
     )
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final_split = splits["test"] or splits["validation"]

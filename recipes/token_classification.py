@@ -21,6 +21,7 @@ from trl import get_peft_config
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import UserError, run_cli
+from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TokenClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
-                      compute_metrics=tok.metrics_fn(names))
+                      compute_metrics=tok.metrics_fn(names), callbacks=[NonFiniteGuard()])
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if evaluation is not None:
         metrics.update(trainer.evaluate())

@@ -1,0 +1,44 @@
+"""The non-finite guard: a NaN gradient stops training before the update, with the last good checkpoint named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import chat_rows, run_recipe, write_config, write_jsonl
+from finetune_kit.guards import NonFiniteGuard, TrainingDiverged
+
+
+class Args:
+    output_dir = "/nonexistent"
+
+
+class State:
+    global_step = 6
+
+
+def test_nan_gradient_raises_with_the_step_and_parameter():
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.tensor([[0.0, float("nan")], [0.0, 0.0]])
+    model.bias.grad = torch.zeros(2)
+    with pytest.raises(TrainingDiverged, match="non-finite gradient in weight at step 7"):
+        NonFiniteGuard().on_pre_optimizer_step(Args(), State(), None, model=model)
+    model.weight.grad = torch.zeros(2, 2)
+    NonFiniteGuard().on_pre_optimizer_step(Args(), State(), None, model=model)  # finite: no complaint
+
+
+def test_diverging_run_stops_and_keeps_its_last_checkpoint(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(32))
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", {
+        "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(out),
+        "use_peft": False, "learning_rate": 1e12, "max_grad_norm": 0.0, "per_device_train_batch_size": 8,
+        "max_steps": 20, "save_steps": 1, "report_to": "none", "disable_tqdm": True, "seed": 0})
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradient .* Newest good checkpoint: .*checkpoint-\d+"):
+        run_recipe("sft", ["--config", cfg])
+    assert not (out / "run_info.json").exists()
+    newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    state = json.loads((newest / "trainer_state.json").read_text())
+    assert state["global_step"] < 20
