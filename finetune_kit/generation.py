@@ -86,12 +86,16 @@ def stream_reply(model, tokenizer, messages: list[dict], options: GenerationOpti
         raise errors[0]
 
 
-def reply(model, tokenizer, messages: list[dict], options: GenerationOptions) -> str:
-    """The whole reply at once (no streaming)."""
+def reply(model, tokenizer, messages: list[dict], options: GenerationOptions) -> tuple[str, int]:
+    """The whole reply at once (no streaming) and the number of tokens it took, its end-of-sequence included."""
     inputs = encode_chat(model, tokenizer, messages, options.max_new_tokens)
     with torch.no_grad():
         output = model.generate(**inputs, **options.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    new = output[0, inputs["input_ids"].shape[1]:]
+    # Count up to and including the first end-of-sequence token, as OpenAI counts the stop.
+    eos = (new == tokenizer.eos_token_id).nonzero()
+    used = int(eos[0]) + 1 if len(eos) else len(new)
+    return tokenizer.decode(new[:used], skip_special_tokens=True), used
 
 
 def generate_batch(model, tokenizer, prompts: list[str], options: GenerationOptions) -> list[str]:

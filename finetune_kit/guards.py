@@ -24,10 +24,9 @@ class NonFiniteGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         for name, param in model.named_parameters():
             if param.grad is not None and not torch.isfinite(param.grad).all():
-                from finetune_kit.runs import checkpoint_problem
+                from finetune_kit.runs import newest_complete_checkpoint
 
-                done = [p for p in Path(args.output_dir).glob("checkpoint-*") if checkpoint_problem(p) is None]
-                newest = max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+                newest = newest_complete_checkpoint(Path(args.output_dir))
                 raise TrainingDiverged(
                     f"non-finite gradient in {name} at step {state.global_step + 1}: training diverged and was "
                     f"stopped before the update. Newest good checkpoint: {newest or 'none'}. Lower learning_rate, "

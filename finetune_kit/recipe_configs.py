@@ -271,11 +271,6 @@ def stride_below_window(cfg) -> str | None:
     return None
 
 
-def image_splits_in_range(cfg) -> str | None:
-    total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
-    return None if total < 1 else f"eval_split_ratio + test_split_ratio must stay below 1, got {total}."
-
-
 def mlm_probability_in_range(cfg) -> str | None:
     if not 0 < cfg.task.mlm_probability < 1:
         return f"mlm_probability must be between 0 and 1, got {cfg.task.mlm_probability}."
@@ -304,7 +299,7 @@ def freeze_layers_not_negative(cfg) -> str | None:
 register_checks(SFTRecipeConfig, *COMMON_CHECKS)
 register_checks(TokenClassificationConfig, *COMMON_CHECKS)
 register_checks(MaskedLMConfig, *COMMON_CHECKS, mlm_probability_in_range)
-register_checks(ImageClassificationConfig, *COMMON_CHECKS, image_splits_in_range)
+register_checks(ImageClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range)
 register_checks(QuestionAnsweringConfig, *COMMON_CHECKS, stride_below_window)
 register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
                 freeze_layers_not_negative)

@@ -63,17 +63,26 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
+def newest_complete_checkpoint(out: Path, report: bool = False) -> Path | None:
+    """The highest-step checkpoint-* folder whose save finished; with `report`, say which ones were skipped."""
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
+    for folder in checkpoints:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if report:
+            print(f"Skipping {folder}: {problem}", file=sys.stderr)
+    return None
+
+
 def _checkpoint_to_resume(out: Path, resume: str) -> str:
     if resume.lower() in ("true", "latest", "last"):
-        checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                             key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
-        for folder in checkpoints:
-            problem = checkpoint_problem(folder)
-            if problem is None:
-                print(f"Resuming from {folder}", file=sys.stderr)
-                return str(folder)
-            print(f"Skipping {folder}: {problem}", file=sys.stderr)
-        raise UserError(f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from.")
+        folder = newest_complete_checkpoint(out, report=True)
+        if folder is None:
+            raise UserError(f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from.")
+        print(f"Resuming from {folder}", file=sys.stderr)
+        return str(folder)
     problem = checkpoint_problem(Path(resume))
     if problem:
         raise UserError(f"resume_from_checkpoint: {resume} cannot be resumed from: {problem}.")

@@ -18,14 +18,13 @@ import time
 import uuid
 from typing import Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from finetune_kit.errors import UserError
-from finetune_kit.generation import GenerationOptions, encode_chat, stream_reply
+from finetune_kit.generation import GenerationOptions, encode_chat, reply, stream_reply
 
 
 class Message(BaseModel):
@@ -81,22 +80,12 @@ def create_app(model, tokenizer, model_name: str, max_tokens_limit: int = 1024) 
         if body.stream:
             return StreamingResponse(_events(messages, options, meta), media_type="text/event-stream")
         async with lock:
-            text, completion_tokens = await asyncio.to_thread(_complete, messages, options)
+            text, completion_tokens = await asyncio.to_thread(reply, model, tokenizer, messages, options)
         finish = "length" if completion_tokens >= max_tokens else "stop"
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
-
-    def _complete(messages, options) -> tuple[str, int]:
-        inputs = encode_chat(model, tokenizer, messages, options.max_new_tokens)
-        with torch.no_grad():
-            output = model.generate(**inputs, **options.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-        new = output[0, inputs["input_ids"].shape[1]:]
-        # Count up to and including the first end-of-sequence token, as OpenAI counts the stop.
-        eos = (new == tokenizer.eos_token_id).nonzero()
-        used = int(eos[0]) + 1 if len(eos) else len(new)
-        return tokenizer.decode(new[:used], skip_special_tokens=True), used
 
     async def _events(messages, options, meta):
         def chunk(delta: dict, finish: str | None = None) -> str:

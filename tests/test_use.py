@@ -38,7 +38,7 @@ def cli(argv, capsys, stdout_only: bool = False):
 def test_streaming_gives_the_same_text_as_one_shot(tiny_run):
     model, tokenizer = load_for_inference(str(tiny_run))
     streamed = "".join(stream_reply(model, tokenizer, HELLO, GREEDY))
-    assert streamed == reply(model, tokenizer, HELLO, GREEDY) and streamed.strip()
+    assert streamed == reply(model, tokenizer, HELLO, GREEDY)[0] and streamed.strip()
 
 
 def test_stop_event_ends_generation_early(tiny_run):
@@ -49,7 +49,7 @@ def test_stop_event_ends_generation_early(tiny_run):
         pieces.append(piece)
         if len(pieces) == 3:
             stop.set()
-    full = reply(model, tokenizer, HELLO, GenerationOptions(max_new_tokens=400, temperature=0))
+    full, _ = reply(model, tokenizer, HELLO, GenerationOptions(max_new_tokens=400, temperature=0))
     assert len("".join(pieces)) < len(full)
 
 
