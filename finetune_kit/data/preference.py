@@ -1,0 +1,188 @@
+"""Preference (DPO / reward model) and unpaired (KTO) rows in the shapes people have, normalised to trl's shapes.
+
+Pairs become `{"prompt", "chosen", "rejected"}`, conversational (lists of turns) or plain strings, which trl's
+`RewardTrainer` and `DPOTrainer` take as they are. Accepted input:
+
+- `prompt` / `chosen` / `rejected` as strings, or as conversations (`prompt` may be a string or a list of turns,
+  `chosen` / `rejected` a string, one turn or a list of assistant turns);
+- sharegpt: `conversations` plus `chosen` / `rejected` turns (LLaMA-Factory's `dpo_en_demo.json`);
+- whole dialogues in `chosen` / `rejected` that share a prefix, as lists of turns or as Anthropic HH text
+  (`\\n\\nHuman: ... \\n\\nAssistant: ...`): the shared turns become the prompt.
+
+Unpaired rows become `{"prompt", "completion", "label"}`: `prompt` / `completion` / `label`, or `messages` (the last
+assistant turn is the completion) / `conversations` plus a boolean `label` (LLaMA-Factory's `kto_en_demo.json`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from trl.data_utils import extract_prompt
+
+from finetune_kit.data.formats import MESSAGE_ROLES, SHAREGPT_ROLES
+from finetune_kit.errors import DataError
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def normalise_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """One preference pair in trl's shape; `DataError` naming the row and field when it is not usable."""
+    for side in ("chosen", "rejected"):
+        if side not in row or row[side] is None:
+            raise DataError(f"{where}: missing field '{side}' (preference rows need chosen and rejected).")
+    if "conversations" in row:
+        pair = {"prompt": _turns(row["conversations"], where, "conversations"),
+                "chosen": _answer(row["chosen"], where, "chosen"), "rejected": _answer(row["rejected"], where, "rejected")}
+    elif "prompt" in row:
+        pair = _explicit_pair(row, where)
+    else:
+        pair = _implicit_pair(row, where)
+    if pair["chosen"] == pair["rejected"]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair prefers nothing.")
+    return pair
+
+
+def normalise_unpaired(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """One KTO row: prompt, completion and a boolean label (true: desirable)."""
+    label = row.get("label")
+    if not isinstance(label, bool):
+        raise DataError(f"{where}: field 'label' must be true or false (desirable or not), got {label!r}.")
+    if "prompt" in row and "completion" in row:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            return {"prompt": _text(prompt, where, "prompt"), "completion": _text(row["completion"], where,
+                                                                                  "completion"), "label": label}
+        return {"prompt": _turns(prompt, where, "prompt"), "completion": _answer(row["completion"], where, "completion"),
+                "label": label}
+    key = "messages" if "messages" in row else "conversations" if "conversations" in row else None
+    if key is None:
+        raise DataError(f"{where}: unpaired rows need prompt + completion + label, or messages + label; "
+                        f"columns are {sorted(row)}.")
+    turns = _turns(row[key], where, key)
+    if turns[-1]["role"] != "assistant" or len(turns) < 2:
+        raise DataError(f"{where}: field '{key}' must end with an assistant turn that follows a prompt.")
+    return {"prompt": turns[:-1], "completion": turns[-1:], "label": label}
+
+
+def _explicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+    prompt = row["prompt"]
+    if isinstance(prompt, str) and isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
+        return {"prompt": _text(prompt, where, "prompt"), "chosen": _text(row["chosen"], where, "chosen"),
+                "rejected": _text(row["rejected"], where, "rejected")}
+    prompt_turns = [{"role": "user", "content": _text(prompt, where, "prompt")}] if isinstance(prompt, str) \
+        else _turns(prompt, where, "prompt")
+    return {"prompt": prompt_turns, "chosen": _answer(row["chosen"], where, "chosen"),
+            "rejected": _answer(row["rejected"], where, "rejected")}
+
+
+def _implicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """Whole dialogues: the turns both sides share are the prompt, the rest are the answers."""
+    sides = {side: _dialogue(row[side], where, side) for side in ("chosen", "rejected")}
+    pair = extract_prompt(sides)
+    if not pair["prompt"]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' share no opening turns, so there is no prompt; "
+                        "add a 'prompt' field.")
+    for side in ("chosen", "rejected"):
+        if not pair[side] or pair[side][0]["role"] != "assistant":
+            raise DataError(f"{where}: field '{side}' has no assistant answer after the shared prompt.")
+    return pair
+
+
+def _dialogue(value: Any, where: str, field: str) -> list[dict[str, str]]:
+    if isinstance(value, list):
+        return _turns(value, where, field)
+    text = _text(value, where, field)
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3:
+        raise DataError(f"{where}: field '{field}' is a string without a shared prompt; give 'prompt' separately or "
+                        "write the dialogue as '\\n\\nHuman: ...\\n\\nAssistant: ...'.")
+    turns = [{"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+             for speaker, content in zip(parts[1::2], parts[2::2])]
+    for i, turn in enumerate(turns):
+        if not turn["content"] and i < len(turns) - 1:
+            raise DataError(f"{where}: field '{field}': turn {i} ({turn['role']}) is empty.")
+    if not turns[-1]["content"]:
+        raise DataError(f"{where}: field '{field}': the final {turns[-1]['role']} turn is empty.")
+    return turns
+
+
+def _answer(value: Any, where: str, field: str) -> list[dict[str, str]]:
+    """A completion as a list of assistant turns: from a string, one turn, or a list of turns."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": _text(value, where, field)}]
+    turns = _turns([value] if isinstance(value, dict) else value, where, field)
+    if turns[0]["role"] != "assistant":
+        raise DataError(f"{where}: field '{field}' must start with an assistant turn, got '{turns[0]['role']}'.")
+    return turns
+
+
+def _turns(value: Any, where: str, field: str) -> list[dict[str, str]]:
+    """OpenAI-style or sharegpt-style turns as `{"role", "content"}` dicts, each checked."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of turns, got {_kind(value)}.")
+    turns = []
+    for i, turn in enumerate(value):
+        spot = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: {spot} must be an object with role and content.")
+        if "from" in turn:
+            role = SHAREGPT_ROLES.get(turn["from"])
+            content = turn.get("value")
+        else:
+            role, content = turn.get("role"), turn.get("content")
+        if role not in MESSAGE_ROLES:
+            raise DataError(f"{where}: {spot} has role {turn.get('role', turn.get('from'))!r}; expected one of "
+                            f"{sorted(MESSAGE_ROLES)} (or sharegpt's {sorted(SHAREGPT_ROLES)}).")
+        turns.append({"role": role, "content": _text(content, where, spot)})
+    return turns
+
+
+def _text(value: Any, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' must be a string, got {_kind(value)}.")
+    if not value.strip():
+        raise DataError(f"{where}: field '{field}' is empty.")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else "an empty list" if value == [] else type(value).__name__
+
+
+def normalise_prompt(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A prompt for online RL (PPO / GRPO): `prompt` (text or turns), `messages` / `conversations` (a trailing
+    assistant turn is dropped), or alpaca `instruction` (+ `input`). Text prompts become one user turn."""
+    if "prompt" in row:
+        prompt = row["prompt"]
+        turns = [{"role": "user", "content": _text(prompt, where, "prompt")}] if isinstance(prompt, str) \
+            else _turns(prompt, where, "prompt")
+    elif "messages" in row or "conversations" in row:
+        key = "messages" if "messages" in row else "conversations"
+        turns = _turns(row[key], where, key)
+        while turns and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+        if not turns:
+            raise DataError(f"{where}: field '{key}' has no prompt turns before the answer.")
+    elif "instruction" in row:
+        extra = row.get("input") or ""
+        text = _text(row["instruction"], where, "instruction") + (f"\n{extra}" if str(extra).strip() else "")
+        turns = [{"role": "user", "content": text}]
+    else:
+        raise DataError(f"{where}: no prompt: expected a 'prompt', 'messages', 'conversations' or 'instruction' "
+                        f"field; columns are {sorted(row)}.")
+    if turns[-1]["role"] == "assistant":
+        raise DataError(f"{where}: the prompt ends with an assistant turn; it must end with a user turn.")
+    return {"prompt": turns}
+
+
+def encode_prompt(tokenizer, prompt: list[dict[str, str]], max_length: int, where: str) -> list[int]:
+    """Token ids of a prompt ready for the answer: chat template with the generation prompt, or plain text."""
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        ids = ids["input_ids"]
+    else:
+        ids = tokenizer("\n".join(turn["content"] for turn in prompt))["input_ids"]
+    if len(ids) > max_length:
+        raise DataError(f"{where}: the prompt is {len(ids)} tokens, over max_prompt_length ({max_length}).")
+    return ids
