@@ -1,24 +1,59 @@
 """`finetune-kit check`: what would go wrong with a run, found before any weights load.
 
-Validates the config, lints every data row, verifies the end-of-turn token of assistant turns carries loss, and
-reports sequence lengths and how many rows `max_length` would truncate. Exit 0: clean; 1: warnings; 2: errors
-(errors are raised as `UserError`, which the CLI turns into exit code 2).
+Validates the config, lints every data row, verifies the end-of-turn token of assistant turns carries loss (SFT),
+reports sequence lengths and how many rows `max_length` would truncate, and estimates peak memory from the model's
+config (see `finetune_kit.memory`) against the memory available. Exit 0: clean; 1: warnings; 2: errors (raised as
+`UserError`, which the CLI turns into exit code 2).
 
-Not yet here (see the issue tracker): a peak-memory estimate against the memory available.
+The recipe is named by `--recipe` or by the config file's name (`recipes/configs/<recipe>_*.yaml`). Decoder recipes
+(sft, pretrain, reward, dpo, kto, ppo, grpo) get every check, sft when nothing says otherwise; the encoder and vision recipes get the config check.
 """
 
 from __future__ import annotations
 
 import statistics
+from functools import partial
+from pathlib import Path
 
 from finetune_kit.config import parse_config
-from finetune_kit.data import end_of_turn_is_trained, load_sft_datasets, tokenize_sft_dataset
-from finetune_kit.models import load_tokenizer
-from finetune_kit.recipe_configs import SFTRecipeConfig
+from finetune_kit.data import (encode_prompt, end_of_turn_is_trained, load_sft_datasets, normalise_pair,
+                               normalise_prompt, normalise_unpaired, tokenize_sft_dataset)
+from finetune_kit.data.formats import normalise
+from finetune_kit.errors import ConfigError
+from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.recipe_configs import RECIPE_CONFIGS
+from finetune_kit.stage_configs import STAGE_CONFIGS
+
+ALL_RECIPES = {**RECIPE_CONFIGS, **STAGE_CONFIGS}
+# recipe -> how its rows are validated (None: the SFT formats)
+NORMALISERS = {"sft": None, "pretrain": partial(normalise, fmt="text"), "reward": normalise_pair,
+               "dpo": normalise_pair, "kto": normalise_unpaired, "ppo": normalise_prompt, "grpo": normalise_prompt}
 
 
-def sequence_lengths(dataset, tokenizer) -> list[int]:
+def recipe_of(argv: list[str], recipe: str | None) -> str:
+    if recipe:
+        if recipe not in ALL_RECIPES:
+            raise ConfigError(f"--recipe {recipe}: unknown; one of {', '.join(sorted(ALL_RECIPES))}.")
+        return recipe
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    stem = Path(config).stem if config else ""
+    found = max((name for name in ALL_RECIPES if stem.startswith(name + "_") or stem == name), key=len, default=None)
+    if found is None:  # the most common case; the note says how to name another
+        print(f"recipe: sft (the config name '{stem}' does not name one; pass --recipe for another)")
+        return "sft"
+    return found
+
+
+def sequence_lengths(dataset, tokenizer, recipe: str) -> list[int]:
     """Token count of each row as the trainer will see it (chat template applied for conversations)."""
+    if recipe in ("ppo", "grpo"):
+        return [len(encode_prompt(tokenizer, p, 10**9, "")) for p in dataset["prompt"]]
+    if recipe in ("reward", "dpo"):
+        return [max(_render_len(tokenizer, row["prompt"], row["chosen"]), _render_len(tokenizer, row["prompt"],
+                                                                                       row["rejected"]))
+                for row in dataset]
+    if recipe == "kto":
+        return [_render_len(tokenizer, row["prompt"], row["completion"]) for row in dataset]
     if "messages" in dataset.column_names:
         return [len(ids) for ids in tokenize_sft_dataset(dataset, tokenizer)["input_ids"]]
     if "text" in dataset.column_names:
@@ -26,33 +61,84 @@ def sequence_lengths(dataset, tokenizer) -> list[int]:
     return [len(tokenizer(p + c)["input_ids"]) for p, c in zip(dataset["prompt"], dataset["completion"])]
 
 
-def check_sft(argv: list[str] | None) -> int:
-    cfg = parse_config(SFTRecipeConfig, argv)
-    print("config: ok")
+def _render_len(tokenizer, prompt, answer) -> int:
+    if isinstance(prompt, list) and tokenizer.chat_template:
+        return len(tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"])
+    text = prompt if isinstance(prompt, str) else "\n".join(t["content"] for t in prompt)
+    answer = answer if isinstance(answer, str) else "\n".join(t["content"] for t in answer)
+    return len(tokenizer(text + answer)["input_ids"])
+
+
+def check(argv: list[str] | None) -> int:
+    argv = list(argv or [])
+    recipe = None
+    if "--recipe" in argv:
+        at = argv.index("--recipe")
+        recipe = argv[at + 1] if at + 1 < len(argv) else ""
+        del argv[at:at + 2]
+    name = recipe_of(argv, recipe)
+    cfg = parse_config(ALL_RECIPES[name], argv)
+    print(f"config ({name}): ok")
+    if name not in NORMALISERS:
+        print("result: clean (config only: data and memory checks cover the decoder recipes)")
+        return 0
     warnings = []
+    args = cfg.training
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
-                               revision=cfg.model.model_revision, trust_remote_code=cfg.training.trust_remote_code)
-    train, evaluation = load_sft_datasets(cfg.data, seed=cfg.training.seed)
+                               revision=cfg.model.model_revision, trust_remote_code=args.trust_remote_code)
+    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=NORMALISERS[name])
     print(f"data: {len(train)} training rows" + (f", {len(evaluation)} validation rows" if evaluation else "")
           + ", every row valid")
 
-    if "messages" in train.column_names:
+    if name == "sft" and "messages" in train.column_names:
         if end_of_turn_is_trained(tokenizer):
             print("chat template: the end-of-turn token of assistant turns is inside the loss mask")
         else:
             warnings.append("the chat template leaves the assistant's end-of-turn token outside the loss mask: the "
                             "model will not learn to stop. Fix the template (chat_template_path).")
 
-    lengths = sequence_lengths(train, tokenizer)
+    lengths = sequence_lengths(train, tokenizer, name)
     print(f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
           f"p95 {sorted(lengths)[int(0.95 * (len(lengths) - 1))]}, max {max(lengths)}")
-    max_length = cfg.training.max_length
-    if max_length is not None and not cfg.training.packing:
-        truncated = sum(n > max_length for n in lengths)
-        if truncated:
-            warnings.append(f"{truncated} of {len(lengths)} training rows are longer than max_length={max_length} "
-                            "and will be truncated.")
+    limit = cfg.rewards.max_prompt_length if name in ("ppo", "grpo") else args.max_length
+    if limit is not None and not getattr(args, "packing", False):
+        over = sum(n > limit for n in lengths)
+        if over:
+            # trl's reward trainer drops over-long pairs; the others truncate them.
+            what = "dropped" if name == "reward" else "truncated"
+            warnings.append(f"{over} of {len(lengths)} training rows are longer than max_length={limit} and will be "
+                            f"{what}.")
+    warnings += memory_warnings(cfg, name, lengths)
     for warning in warnings:
         print(f"warning: {warning}")
     print("result: " + ("warnings" if warnings else "clean"))
     return 1 if warnings else 0
+
+
+def memory_warnings(cfg, name: str, lengths: list[int]) -> list[str]:
+    from transformers import AutoConfig
+
+    from finetune_kit.memory import GIB, available_memory, estimate
+
+    args = cfg.training
+    longest = max(lengths)
+    if name == "ppo":
+        batch, seq = cfg.ppo.mini_batch_size, longest + cfg.ppo.max_new_tokens
+    elif name == "grpo":
+        batch, seq = args.per_device_train_batch_size, longest + (args.max_completion_length or 256)
+    else:
+        batch, seq = args.per_device_train_batch_size, min(longest, args.max_length or longest)
+        if getattr(args, "packing", False):
+            seq = args.max_length or longest
+    model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
+                                              trust_remote_code=args.trust_remote_code)
+    result = estimate(model_config, cfg.model, batch, seq, bool(args.bf16),
+                      bool(getattr(args, "gradient_checkpointing", False)),
+                      sequences_per_example=2 if name in ("reward", "dpo", "kto") else 1)
+    free, where = available_memory()
+    print(f"memory: {result.describe()}; batch {batch} x {seq} tokens; {free / GIB:.1f} GiB {where}")
+    if result.total > free:
+        return [f"the run may not fit: about {result.total / GIB:.1f} GiB needed, {free / GIB:.1f} GiB {where}. "
+                "Lower per_device_train_batch_size (raise gradient_accumulation_steps), max_length, or use LoRA / "
+                "4-bit (load_in_4bit) / activation checkpointing."]
+    return []

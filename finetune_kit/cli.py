@@ -64,7 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="run a training recipe", add_help=False)
     train.add_argument("recipe", help=f"one of: {', '.join(available_recipes())}")
-    commands.add_parser("check", help="check a config and its data before training (reads no weights)",
+    commands.add_parser("check", help="check a config, its data and its memory need before training (reads no "
+                        "weights); --recipe NAME when the config's file name does not start with it",
                         add_help=False)
     chat = commands.add_parser("chat", help="chat in the terminal, answers streamed token by token")
     _generation_args(chat)
@@ -110,21 +111,22 @@ def _main(argv: list[str] | None) -> None:
     if args.command == "train":
         return load_recipe(args.recipe).main(rest)
     if args.command == "check":
-        from finetune_kit.check import check_sft
+        from finetune_kit.check import check
 
-        raise SystemExit(check_sft(rest))
+        raise SystemExit(check(rest))
     if rest:
         raise UserError(f"finetune-kit {args.command}: unrecognized arguments: {' '.join(rest)}")
     if args.command in ("chat", "generate", "serve"):
         from finetune_kit.models import load_for_inference
 
+        prompts = _read_prompts(args.input) if args.command == "generate" else None  # bad input before the model
         model, tokenizer = load_for_inference(args.model)
     if args.command == "chat":
         from finetune_kit.chat import chat_loop
 
         chat_loop(model, tokenizer, _options(args), system=args.system)
     elif args.command == "generate":
-        _generate(model, tokenizer, args)
+        _generate(model, tokenizer, prompts, args)
     elif args.command == "serve":
         from finetune_kit.serve import serve
 
@@ -147,20 +149,24 @@ def _main(argv: list[str] | None) -> None:
         print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
 
 
-def _generate(model, tokenizer, args) -> None:
-    from tqdm.auto import tqdm
-
+def _read_prompts(path: Path) -> list[str]:
     from finetune_kit.data.readers import read_file
-    from finetune_kit.generation import generate_batch
 
-    if not args.input.is_file():
-        raise UserError(f"input file not found: {args.input}")
-    rows = read_file(args.input)
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
     prompts = []
-    for where, row in rows:
+    for where, row in read_file(path):
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise UserError(f"{where}: field 'prompt' must be a non-empty string.")
         prompts.append(row["prompt"])
+    return prompts
+
+
+def _generate(model, tokenizer, prompts: list[str], args) -> None:
+    from tqdm.auto import tqdm
+
+    from finetune_kit.generation import generate_batch
+
     options = _options(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as out:

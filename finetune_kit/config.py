@@ -93,11 +93,14 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """What to do about an existing output directory."""
+    """What to do about an existing output directory, and about a non-finite gradient."""
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace the contents of a non-empty output_dir (a finished run too)."}
     )
+    on_nonfinite: str = field(default="stop", metadata={
+        "help": "A NaN / inf gradient: stop the run (the newest checkpoint is the last good state), or skip that "
+                "update and count it.", "choices": ("stop", "skip")})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg.model),
-        callbacks=[NonFiniteGuard()],
+        callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
     metrics = {}
     if eval_dataset is not None:  # before training the policy is the reference: margins 0, the baseline to beat

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg.model),
-        callbacks=[NonFiniteGuard()],
+        callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=task.mlm_probability, seed=args.seed)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
-                      data_collator=collator, callbacks=[NonFiniteGuard()])
+                      data_collator=collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
     before = trainer.evaluate()["eval_loss"]
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     after = trainer.evaluate()["eval_loss"]

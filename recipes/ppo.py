@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
                             get_peft_config(cfg.model))
     if cfg.run.overwrite_output_dir and resume is None and accelerator.is_main_process:
         clear_output_dir(args.output_dir)
-    trainer = PPOTrainer(PolicyWithValue(policy), tokenizer, train["prompt"], train_ids, rewards, ppo, args, accelerator)
+    trainer = PPOTrainer(PolicyWithValue(policy), tokenizer, train["prompt"], train_ids, rewards, ppo, args, accelerator,
+                         cfg.run.on_nonfinite)
     if resume:
         trainer.load_checkpoint(resume)
 

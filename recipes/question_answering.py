@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         clear_output_dir(args.output_dir)
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                      data_collator=default_data_collator, callbacks=[NonFiniteGuard()])
+                      data_collator=default_data_collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))

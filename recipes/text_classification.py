@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=clf.metrics_fn(problem),
         compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
-        callbacks=[NonFiniteGuard()],
+        callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final_split = splits["test"] or splits["validation"]

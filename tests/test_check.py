@@ -50,3 +50,60 @@ def test_bad_row_is_an_error(tmp_path, tiny_model_dir, capsys):
     rows = chat_rows(3) + [{"messages": [{"role": "user", "content": "q"}]}]
     code, out = check(tmp_path, tiny_model_dir, capsys, rows=rows)
     assert code == 2 and "d.jsonl line 4" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("recipe, rows, extra", [
+    ("dpo", [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in "abcdef"], {}),
+    ("reward", [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in "abcdef"], {}),
+    ("kto", [{"prompt": f"Say {w}", "completion": f"{w}", "label": i % 2 == 0} for i, w in enumerate("abcdef")], {}),
+    ("ppo", [{"prompt": f"Say {w}"} for w in "abcdef"], {"reward_functions": ["m:f"], "max_steps": 2}),
+    ("pretrain", [{"text": f"{w} is a letter."} for w in "abcdef"], {}),
+])
+def test_stage_recipes_are_checked_with_a_memory_estimate(tmp_path, tiny_model_dir, capsys, recipe, rows, extra):
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(tmp_path / "o"),
+           "use_peft": True, **extra}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--config", write_config(tmp_path / f"{recipe}_tiny.yaml", cfg)])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    assert f"config ({recipe}): ok" in out and "6 training rows" in out and "estimated peak memory" in out
+
+
+def test_check_names_a_bad_preference_row_and_an_explicit_recipe(tmp_path, tiny_model_dir, capsys):
+    rows = [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "b", "chosen": "same", "rejected": "same"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    config = write_config(tmp_path / "mine.yaml", {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data),
+                                                   "output_dir": str(tmp_path / "o")})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--config", config, "--recipe", "dpo"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "d.jsonl line 2: 'chosen' and 'rejected' are identical" in err
+
+
+def test_memory_estimate_counts_parameters_exactly_and_flags_what_cannot_fit(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from finetune_kit.config import ModelArguments
+    from finetune_kit.memory import count_parameters, estimate
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    total, trainable, _ = count_parameters(config, 8, "all-linear")
+    assert total == sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+    assert trainable == peft_model.get_nb_trainable_parameters()[0]
+
+    lora = estimate(config, ModelArguments(use_peft=True, lora_r=8), 8, 256, bf16=False,
+                    activation_checkpointing=False)
+    full = estimate(config, ModelArguments(use_peft=False), 8, 256, bf16=False, activation_checkpointing=False)
+    assert full.optimizer == 12 * total and lora.optimizer == 12 * trainable
+    assert lora.logits == 3 * 8 * 256 * config.vocab_size * 4
+    checkpointed = estimate(config, ModelArguments(use_peft=True, lora_r=8), 8, 256, bf16=False,
+                            activation_checkpointing=True)
+    assert checkpointed.activations < lora.activations
+    big_config = AutoConfig.from_pretrained(tiny_model_dir, hidden_size=4096, intermediate_size=14336,
+                                            num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
+    assert estimate(big_config, ModelArguments(use_peft=False), 8, 4096, bf16=True,
+                    activation_checkpointing=False).total > 100 * 2**30  # a full 8B run needs far more than 24 GB

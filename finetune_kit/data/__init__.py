@@ -62,18 +62,18 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
 
     `normaliser(row, where)` validates and reshapes each row; the default handles the SFT formats.
     """
-    train_rows = load_rows(data_args.dataset_name, data_args, data_args.dataset_train_split, normaliser)
-    if data_args.max_train_samples:
-        train_rows = train_rows[: data_args.max_train_samples]
-    train = Dataset.from_list(train_rows)
+    train = Dataset.from_list(load_rows(data_args.dataset_name, data_args, data_args.dataset_train_split, normaliser))
+    evaluation = None
     if data_args.eval_dataset_name:
-        return train, Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, "validation", normaliser))
-    if data_args.eval_split_ratio:
+        evaluation = Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, "validation", normaliser))
+    elif data_args.eval_split_ratio:
         if len(train) < 2:
             raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")
         split = train.train_test_split(test_size=data_args.eval_split_ratio, seed=seed)
-        return split["train"], split["test"]
-    return train, None
+        train, evaluation = split["train"], split["test"]
+    if data_args.max_train_samples:  # after the split, so the held-out rows stay the same whatever the cap
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    return train, evaluation
 
 
 def tokenize_sft_dataset(dataset: Dataset, tokenizer) -> Dataset:

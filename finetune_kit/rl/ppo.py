@@ -140,7 +140,8 @@ class PPOTrainer:
     `reward(raw_prompts, answer_texts) -> scores`."""
 
     def __init__(self, model: PolicyWithValue, tokenizer, prompts: list, prompt_ids: list[list[int]],
-                 reward: Callable, ppo, args, accelerator):
+                 reward: Callable, ppo, args, accelerator, on_nonfinite: str = "stop"):
+        self.skip_nonfinite, self.skipped = on_nonfinite == "skip", 0
         self.tokenizer, self.prompts, self.prompt_ids, self.reward = tokenizer, prompts, prompt_ids, reward
         self.ppo, self.args, self.accelerator = ppo, args, accelerator
         params = [p for p in model.parameters() if p.requires_grad]
@@ -235,9 +236,13 @@ class PPOTrainer:
                 pg, clip_frac = policy_loss(logprobs, r.logprobs[mb], advantages[mb], m, ppo.cliprange)
                 vf, _ = value_loss(values[:, width - 1:-1].float(), r.values[mb], returns[mb], m, ppo.cliprange_value)
                 loss = pg + ppo.vf_coef * vf
+                if not torch.isfinite(loss) and self.skip_nonfinite:  # drop this update, count it, go on
+                    self.skipped += 1
+                    continue
                 if not torch.isfinite(loss):
                     raise UserError(f"PPO step {self.step + 1}: the loss is {loss.item()} (not finite); the last "
-                                    "checkpoint is intact. Lower learning_rate or check the rewards.")
+                                    "checkpoint is intact. Lower learning_rate, check the rewards, or set "
+                                    "on_nonfinite: skip.")
                 self.optimizer.zero_grad()
                 self.accelerator.backward(loss)
                 if self.args.max_grad_norm:
@@ -251,8 +256,8 @@ class PPOTrainer:
         self.step += 1
         all_scores = self.accelerator.gather(r.scores)
         log = {"step": self.step, "reward_mean": all_scores.mean().item(), "reward_std": all_scores.std().item(),
-               "kl": kl_per_answer, "kl_coef": self.kl_ctl.value, "answer_length": r.mask.sum(1).mean().item(),
-               **{k: sum(v) / len(v) for k, v in stats.items()}}
+               "kl": kl_per_answer, "kl_coef": self.kl_ctl.value, "answer_length": r.mask.sum(1).mean().item(), "nonfinite_skipped": self.skipped,
+               **{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}}
         self.log_history.append(log)
         return log
 

@@ -1,0 +1,250 @@
+"""The bad-input suite: data rows, configs, checkpoints and CLI arguments, across the recipes.
+
+Every case asserts: exit code 2; one `error:` line naming the file / row / field or the key; no traceback; nothing
+in a pre-existing output folder changed; and, where the mistake is visible without the model, that no weights were
+loaded (model loading is made to fail loudly for those cases). Time to the error is recorded per case; run
+`python benchmarks/bad_input_timing.py` for the table (timing is a measurement, not a test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import chat_rows, write_config, write_jsonl
+from finetune_kit.cli import load_recipe, main as cli_main
+from finetune_kit.errors import run_cli
+
+TIMINGS: dict[str, float] = {}
+WORDS = ["apple", "river", "stone", "cloud"]
+
+
+class WeightsLoaded(Exception):
+    """Raised if a case that should fail before any weights load gets as far as loading them."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_timings():
+    yield
+    target = os.environ.get("FINETUNE_KIT_BAD_INPUT_TIMINGS")
+    if target:
+        Path(target).write_text(json.dumps(TIMINGS, indent=1))
+
+
+@pytest.fixture
+def env(tmp_path, tiny_model_dir, tiny_bert_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')  # a save cut short
+
+    def f(name: str, rows) -> str:
+        return str(write_jsonl(tmp_path / name, rows))
+
+    return {"tmp": tmp_path, "out": out, "llama": str(tiny_model_dir), "bert": str(tiny_bert_dir), "file": f,
+            "fresh": str(tmp_path / "fresh")}
+
+
+def sft(e, **cfg):
+    base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("chat.jsonl", chat_rows(4)),
+            "use_peft": True, "output_dir": e["fresh"], "max_steps": 1, "report_to": "none"}
+    return "sft", {**base, **cfg}
+
+
+def pairs(e, recipe="dpo", rows=None, **cfg):
+    rows = rows or [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in WORDS]
+    base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("pairs.jsonl", rows), "use_peft": True,
+            "output_dir": e["fresh"], "max_steps": 1, "report_to": "none"}
+    return recipe, {**base, **cfg}
+
+
+def text_cls(e, rows=None, **cfg):
+    rows = rows or [{"text": f"{w} is fine", "label": "pos"} for w in WORDS] + [{"text": "bad", "label": "neg"}]
+    base = {"model_name_or_path": e["bert"], "dataset_name": e["file"]("cls.jsonl", rows), "output_dir": e["fresh"],
+            "max_steps": 1, "report_to": "none"}
+    return "text_classification", {**base, **cfg}
+
+
+def ppo(e, rows=None, **cfg):
+    rows = rows or [{"prompt": f"Say {w}"} for w in WORDS]
+    base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("prompts.jsonl", rows), "use_peft": True,
+            "output_dir": e["fresh"], "max_steps": 1, "rollout_batch_size": 2, "mini_batch_size": 2,
+            "reward_functions": [f"{e['tmp'] / 'r.py'}:score"], "report_to": "none"}
+    (e["tmp"] / "r.py").write_text("def score(prompts, answers):\n    return [1.0] * len(answers)\n"
+                                   "def raises(prompts, answers):\n    raise ValueError('no score')\n")
+    return "ppo", {**base, **cfg}
+
+
+def write(e, name: str, text: str) -> str:
+    path = e["tmp"] / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def model_without_template(e) -> str:
+    from transformers import AutoTokenizer
+
+    folder = e["tmp"] / "no-template"
+    tokenizer = AutoTokenizer.from_pretrained(e["llama"])
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return str(folder)
+
+
+def bert_with_three_labels(e) -> str:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = e["tmp"] / "bert3"
+    AutoModelForSequenceClassification.from_pretrained(e["bert"], num_labels=3).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(e["bert"]).save_pretrained(folder)
+    return str(folder)
+
+
+# name -> (build(env) -> (recipe or "cli", config dict or argv list), expected message regex, loads weights first)
+CASES = {
+    # --- data rows ---
+    "missing data file": (lambda e: sft(e, dataset_name=str(e["tmp"] / "nope.jsonl")),
+                          r"dataset file not found: .*nope\.jsonl", False),
+    "empty data file": (lambda e: sft(e, dataset_name=write(e, "empty.jsonl", "")),
+                        r"empty\.jsonl: the dataset is empty", False),
+    "malformed json line": (lambda e: sft(e, dataset_name=write(e, "bad.jsonl", json.dumps(chat_rows(1)[0]) + "\n{x\n")),
+                            r"bad\.jsonl line 2: not valid JSON", False),
+    "unknown data format": (lambda e: sft(e, dataset_name=e["file"]("q.jsonl", [{"q": "a"}])),
+                            r"q\.jsonl line 1: unknown data format", False),
+    "missing column": (lambda e: sft(e, dataset_name=e["file"]("m.jsonl", [{"instruction": "a", "output": "b"},
+                                                                           {"instruction": "c"}])),
+                       r"m\.jsonl line 2: missing field 'output'", False),
+    "wrong type in a turn": (lambda e: sft(e, dataset_name=e["file"]("t.jsonl", [
+                                 {"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "x"}]}])),
+                             r"t\.jsonl line 1: messages\[0\]: field 'content' must be a string, got int", False),
+    "empty answer text": (lambda e: sft(e, dataset_name=e["file"]("e.jsonl", [{"instruction": "a", "output": " "}])),
+                          r"e\.jsonl line 1: field 'output' is empty", False),
+    "conversation without an answer": (lambda e: sft(e, dataset_name=e["file"]("u.jsonl", [
+                                           {"messages": [{"role": "user", "content": "hi"}]}])),
+                                       r"u\.jsonl line 1: field 'messages': the conversation ends with a 'user' turn",
+                                       False),
+    "unknown role": (lambda e: sft(e, dataset_name=e["file"]("r.jsonl", [
+                         {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}])),
+                     r"r\.jsonl line 1: messages\[0\]\.role is 'robot'", False),
+    "label not in the label set": (lambda e: text_cls(e, labels=["pos", "neg"], rows=[
+                                       {"text": "a", "label": "pos"}, {"text": "b", "label": "meh"}]),
+                                   r"cls\.jsonl line 2: field 'label': label 'meh' is not in the label set", False),
+    "missing text column": (lambda e: text_cls(e, rows=[{"text": "a", "label": "x"}, {"body": "b", "label": "y"}]),
+                            r"cls\.jsonl line 2: missing field 'text'", False),
+    "tokens and tags differ in length": (lambda e: ("token_classification", {
+                                             "model_name_or_path": e["bert"], "output_dir": e["fresh"],
+                                             "dataset_name": e["file"]("ner.jsonl", [
+                                                 {"tokens": ["a", "b"], "tags": ["O", "O"]},
+                                                 {"tokens": ["a", "b"], "tags": ["O"]}])}),
+                                         r"ner\.jsonl line 2: 2 tokens but 1 tags", False),
+    "unreadable image": (lambda e: ("image_classification", {
+                             "model_name_or_path": "vit-tiny-from-config", "output_dir": e["fresh"],
+                             "dataset_name": write(e, "imgs.csv", f"image,label\n{write(e, 'x.png', 'not a png')},a\n"
+                                                                  f"{e['tmp'] / 'x.png'},b\n")}),
+                         r"imgs\.csv line \d+: cannot read image .*x\.png", False),
+    "identical chosen and rejected": (lambda e: pairs(e, rows=[{"prompt": "a", "chosen": "x", "rejected": "y"},
+                                                               {"prompt": "b", "chosen": "z", "rejected": "z"}]),
+                                      r"pairs\.jsonl line 2: 'chosen' and 'rejected' are identical", False),
+    "empty side of a pair": (lambda e: pairs(e, "reward", rows=[{"prompt": "a", "chosen": "", "rejected": "y"}]),
+                             r"pairs\.jsonl line 1: field 'chosen' is empty", False),
+    "pair without a prompt": (lambda e: pairs(e, rows=[{"chosen": "Yes.", "rejected": "No."}]),
+                              r"pairs\.jsonl line 1: field 'chosen' is a string without a shared prompt", False),
+    "unpaired label not boolean": (lambda e: pairs(e, "kto", rows=[{"prompt": "a", "completion": "b", "label": 1}]),
+                                   r"pairs\.jsonl line 1: field 'label' must be true or false", False),
+    "prompt over max_prompt_length": (lambda e: ppo(e, max_prompt_length=8),
+                                      r"training prompt 1: the prompt is \d+ tokens, over max_prompt_length \(8\)",
+                                      False),
+    "chat data, tokenizer without a chat template": (lambda e: sft(e, tokenizer_name_or_path=model_without_template(e)),
+                                                     r"the tokenizer has no chat template", False),
+    # --- configs ---
+    "unknown config key": (lambda e: sft(e, lora_rnk=4), r"unknown config key 'lora_rnk' .*Did you mean 'lora_r'",
+                           False),
+    "negative learning rate": (lambda e: sft(e, learning_rate=-1e-3), r"learning_rate must be positive", False),
+    "4-bit and 8-bit together": (lambda e: sft(e, load_in_4bit=True, load_in_8bit=True), r"8 bit and 4 bit", False),
+    "value of the wrong type": (lambda e: sft(e, lora_r="eight"), r"lora_r.*eight", False),
+    "value not among the choices": (lambda e: sft(e, lr_scheduler_type="sideways"), r"lr_scheduler_type.*sideways",
+                                    False),
+    "evaluation without validation data": (lambda e: sft(e, eval_strategy="epoch"), r"no validation data", False),
+    "quantized full fine-tuning": (lambda e: sft(e, load_in_4bit=True, use_peft=False), r"set use_peft: true", False),
+    "PPO batch not a multiple": (lambda e: ppo(e, rollout_batch_size=3), r"multiple of mini_batch_size", False),
+    "PPO without a reward": (lambda e: ppo(e, reward_functions=None), r"no reward: set reward_model", False),
+    "config file not found": (lambda e: ("cli", ["train", "sft", "--config", str(e["tmp"] / "missing.yaml")]),
+                              r"missing\.yaml", False),
+    "key=value on the command line": (lambda e: ("cli", ["train", "sft", "--config",
+                                                         write_config(e["tmp"] / "c.yaml", sft(e)[1]), "lora_r=4"]),
+                                      r"lora_r=4", False),
+    # --- checkpoints and output folders ---
+    "output dir holds a finished run": (lambda e: (e["out"].joinpath("run_info.json").write_text("{}"),
+                                                   sft(e, output_dir=str(e["out"])))[1],
+                                        r"output_dir .*out already holds a finished run", False),
+    "output dir holds other files": (lambda e: sft(e, output_dir=str(e["out"])),
+                                     r"output_dir .*out already holds files from an earlier run", False),
+    "resume with no complete checkpoint": (lambda e: sft(e, output_dir=str(e["out"]), resume_from_checkpoint="latest"),
+                                           r"no complete checkpoint-\* folder in .*out", False),
+    "resume from a cut-short checkpoint": (lambda e: sft(e, output_dir=str(e["out"]),
+                                                         resume_from_checkpoint=str(e["out"] / "checkpoint-3")),
+                                           r"checkpoint-3 cannot be resumed from: trainer_state\.json is cut short",
+                                           False),
+    "missing model path": (lambda e: sft(e, model_name_or_path=str(e["tmp"] / "no-model")),
+                           r"model path not found: .*no-model", False),
+    "model folder without config.json": (lambda e: ((e["tmp"] / "empty-model").mkdir(),
+                                                    sft(e, model_name_or_path=str(e["tmp"] / "empty-model")))[1],
+                                         r"empty-model has no config\.json", False),
+    "head of another size": (lambda e: text_cls(e, model_name_or_path=bert_with_three_labels(e)),
+                             r"classification head of another size than the 2 labels.*ignore_mismatched_sizes", True),
+    "reward model that is not a scorer": (lambda e: ppo(e, reward_functions=None, reward_model=e["llama"]),
+                                          r"reward_model .* is a LlamaForCausalLM, not a sequence classifier", True),
+    # --- command-line tools ---
+    "unknown recipe": (lambda e: ("cli", ["train", "sfft", "--config", "x.yaml"]), r"unknown recipe 'sfft'", False),
+    "generate: prompt of the wrong type": (lambda e: ("cli", ["generate", "--model", e["llama"], "--input",
+                                                              e["file"]("p.jsonl", [{"prompt": 3}]), "--output",
+                                                              str(e["tmp"] / "o.jsonl")]),
+                                           r"p\.jsonl line 1: field 'prompt' must be a non-empty string", False),
+    "chat: corrupt adapter config": (lambda e: ("cli", ["chat", "--model", write(e, "adapter/adapter_config.json", "{")
+                                                        .rsplit("/", 1)[0]]),
+                                     r"adapter_config\.json: corrupt adapter config", False),
+    "reward function that raises": (lambda e: ppo(e, reward_functions=[f"{e['tmp'] / 'r.py'}:raises"]),
+                                    r"reward .*r\.py:raises raised ValueError: no score", True),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(env, name, capsys, monkeypatch):
+    import transformers
+
+    build, message, loads_weights = CASES[name]
+    recipe, cfg = build(env)
+    if not loads_weights:
+        def refuse(*args, **kwargs):
+            raise WeightsLoaded(name)
+        monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
+    before = {p.relative_to(env["out"]): p.read_bytes() if p.is_file() else None for p in env["out"].rglob("*")}
+
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        if recipe == "cli":
+            cli_main(cfg)
+        else:
+            run_cli(load_recipe(recipe).main, ["--config", write_config(env["tmp"] / "cfg.yaml", cfg)])
+    TIMINGS[name] = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and "WeightsLoaded" not in err, err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and re.search(message, error_lines[0]), err
+    after = {p.relative_to(env["out"]): p.read_bytes() if p.is_file() else None for p in env["out"].rglob("*")}
+    assert after == before
+    assert not Path(env["fresh"]).exists() or name in ("reward function that raises",)
+
+
+def test_the_suite_is_large_and_mostly_fails_before_weights_load():
+    assert len(CASES) >= 30
+    assert sum(not loads for _, _, loads in CASES.values()) >= 30
