@@ -47,11 +47,18 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
+    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not (args.bf16 or args.fp16):
+        # trl casts every trainable tensor of a QLoRA model to bf16, the new score head's copy too; without bf16
+        # autocast (CPU, fp32 runs) that head then gets fp32 inputs and fails. LoRA layers cast for themselves.
+        for name, param in trainer.model.named_parameters():
+            if "modules_to_save" in name and param.requires_grad:
+                param.data = param.data.float()
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())  # eval_accuracy: held-out pairs with chosen scored above rejected
         if trainer.is_world_process_zero():
-            print(f"held-out pairwise accuracy: {metrics['eval_accuracy']:.3f} on {len(eval_dataset)} pairs")
+            print(f"held-out pairwise accuracy: {metrics['eval_accuracy']:.3f} on {len(trainer.eval_dataset)} pairs "
+                  f"(of {len(eval_dataset)}; trl drops pairs over max_length)")
     finish_run(trainer, cfg, "reward", metrics)
     return metrics
 

@@ -110,3 +110,21 @@ def test_accelerate_configs_parse_and_validate(path, monkeypatch):
         from accelerate import DeepSpeedPlugin
 
         DeepSpeedPlugin(zero_stage=raw["deepspeed_config"]["zero_stage"])
+
+
+def test_dpo_two_processes_with_a_4bit_base(tmp_path, tiny_model_dir, python):
+    """QLoRA under DDP: each process loads its own 4-bit copy; one adapter and one run record come out."""
+    pytest.importorskip("bitsandbytes")
+    rows = [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"}
+            for w in ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"] * 2]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "dpo"
+    cfg = write_config(tmp_path / "dpo.yaml", {
+        "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(out),
+        "use_peft": True, "lora_r": 8, "load_in_4bit": True, "learning_rate": 3e-2, "max_steps": 4,
+        "per_device_train_batch_size": 4, "logging_steps": 1, "report_to": "none", "disable_tqdm": True})
+    result = launch(python, "dpo", cfg, 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    curve = losses(out)
+    assert len(curve) == 4 and curve[-1] < curve[0], curve
+    assert (out / "adapter_model.safetensors").is_file() and (out / "run_info.json").is_file()

@@ -217,3 +217,36 @@ def test_grpo_runs_with_a_reward_model_and_a_function(tmp_path, tiny_model_dir, 
     logged = [e for e in json.loads((tmp_path / "grpo" / "log_history.json").read_text()) if "reward" in e]
     assert logged and {"rewards/short/mean", "rewards/reward_model/mean"} <= set(logged[0])
     assert (tmp_path / "grpo" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("recipe", ["reward", "dpo"])
+def test_qlora_reward_and_dpo_train_adapters_on_a_4bit_base(tmp_path, tiny_model_dir, recipe):
+    bnb = pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
+    out = tmp_path / recipe
+    cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(out),
+           "use_peft": True, "lora_r": 8, "load_in_4bit": True, "use_bnb_nested_quant": True,
+           "learning_rate": 3e-2, "max_steps": 6, "per_device_train_batch_size": 8, "logging_steps": 1,
+           "report_to": "none", "disable_tqdm": True}
+    import finetune_kit.models as models
+
+    loaded = []
+    original = models._load
+
+    def spy(*args, **kwargs):
+        model = original(*args, **kwargs)
+        loaded.append(model)
+        return model
+
+    models._load = spy
+    try:
+        run_recipe(recipe, ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    finally:
+        models._load = original
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded[0].modules())  # the base stayed 4-bit
+    curve = losses(out)
+    assert curve[-1] < curve[0], curve
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
