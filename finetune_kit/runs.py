@@ -46,8 +46,9 @@ def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: s
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from, or None when it is complete.
 
-    transformers writes trainer_state.json last, after weights, optimizer, scheduler and RNG states; a process killed
-    during a save leaves it missing or cut short, so a parseable trainer_state.json marks a finished checkpoint.
+    Our recipes publish checkpoints by rename (finetune_kit.checkpoints), so this is a second line of defence for
+    folders written by other tools: transformers writes trainer_state.json last, after weights, optimizer, scheduler
+    and RNG states, so a missing or cut-short trainer_state.json marks a save that did not finish.
     """
     state = folder / "trainer_state.json"
     if not state.is_file():

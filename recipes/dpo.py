@@ -14,6 +14,7 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOTrainer, get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_pair
 from finetune_kit.errors import run_cli
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if eval_dataset is not None:  # before training the policy is the reference: margins 0, the baseline to beat
         metrics.update({k.replace("eval_", "before_"): v for k, v in trainer.evaluate().items()})
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

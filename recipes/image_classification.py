@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
                       processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
                       callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final = held.get("test") or held.get("validation")
     if final is not None:

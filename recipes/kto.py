@@ -14,6 +14,7 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import KTOTrainer, get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_unpaired
 from finetune_kit.errors import DataError, run_cli
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

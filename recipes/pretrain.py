@@ -17,6 +17,7 @@ from functools import partial
 from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets
 from finetune_kit.data.formats import normalise
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if eval_dataset is not None:
         metrics["before_perplexity"] = math.exp(trainer.evaluate()["eval_loss"])
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

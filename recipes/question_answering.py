@@ -17,6 +17,7 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator, set_seed
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                       data_collator=default_data_collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))

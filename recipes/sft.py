@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import config_to_dict, parse_config
 from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
 from finetune_kit.errors import UserError, run_cli
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     if eval_dataset is not None:

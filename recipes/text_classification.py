@@ -18,6 +18,7 @@ from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 from trl import get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.data.formats import apply_column_mapping
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final_split = splits["test"] or splits["validation"]
     if final_split is not None:

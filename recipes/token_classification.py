@@ -18,6 +18,7 @@ from peft import get_peft_model
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, set_seed
 from trl import get_peft_config
 
+from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import UserError, run_cli
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
                       compute_metrics=tok.metrics_fn(names), callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
+    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if evaluation is not None:
         metrics.update(trainer.evaluate())

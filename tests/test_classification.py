@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -216,6 +217,10 @@ def test_best_checkpoint_is_kept_by_the_chosen_metric(tmp_path, tiny_bert_dir):
     assert len(evals) == 8 and len({v for _, v in evals}) > 1
     state = json.loads((tmp_path / "run" / f"checkpoint-{best_step}" / "trainer_state.json").read_text())
     assert state["best_metric"] == best and state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    # Checkpoints are staged and renamed (finetune_kit.checkpoints): the best one is recorded where it lives.
+    assert Path(state["best_model_checkpoint"]).resolve() == (tmp_path / "run" / f"checkpoint-{best_step}").resolve()
+    kept = {p.name for p in (tmp_path / "run").iterdir() if p.name.startswith((".", "checkpoint"))}
+    assert kept == {f"checkpoint-{best_step}"}  # save_total_limit 1 + load_best_model_at_end: the best one only
 
 
 def test_class_weights_from_yaml_train(tmp_path, tiny_bert_dir):

@@ -2,9 +2,10 @@
 
 Every write of the second save (checkpoint-4) is a kill point, twice: SIGKILL just before the write, and SIGKILL
 after half of its bytes reached the file (a torn write). Writes are those Python makes: torch.save (optimizer,
-scheduler, RNG, training args), safetensors files (adapter weights), and text files opened for writing (configs,
-tokenizer files, trainer_state.json). After each kill, `resume_from_checkpoint: latest` must pick the newest complete
-checkpoint (checkpoint-4 only if its trainer_state.json, written last, is whole; else checkpoint-2) and finish.
+scheduler, RNG, training args), safetensors files (adapter weights), text files opened for writing (configs,
+tokenizer files, trainer_state.json), and the rename that publishes the staged folder (killed just before it, and
+just after it). Until that rename no checkpoint-4 folder exists; after each kill, `resume_from_checkpoint: latest`
+must pick the newest complete checkpoint and finish, and the staging leftovers must be gone.
 
 Children are forked from this process (modules already imported, no torch work done before the fork), so each kill
 point costs a few seconds instead of an interpreter start.
@@ -76,6 +77,13 @@ def _kill_during_save(target: int | None, torn: bool, events: list[str]) -> None
             return handle
         return original_open(file, mode, *args, **kwargs)
 
+    original_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):  # "torn" here means: the rename happened, then the kill
+        hit(dst, lambda: original_rename(src, dst, *args, **kwargs))
+        return original_rename(src, dst, *args, **kwargs)
+
+    os.rename = rename
     torch.save = save
     safetensors.torch.save_file = transformers.modeling_utils.safe_save_file = peft.peft_model.safe_save_file = \
         safe_save
@@ -121,6 +129,7 @@ def _in_children(bodies) -> list[int]:
 
 @pytest.mark.slow
 def test_a_kill_at_any_write_of_a_save_leaves_a_resumable_run(tmp_path, tiny_model_dir):
+    from finetune_kit.checkpoints import STAGING
     from finetune_kit.runs import checkpoint_problem, newest_complete_checkpoint
 
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))  # small batches: each kill point costs ~2 runs
@@ -140,6 +149,7 @@ def test_a_kill_at_any_write_of_a_save_leaves_a_resumable_run(tmp_path, tiny_mod
     assert _in_children([record]) == [0]
     writes = json.loads(events_file.read_text())
     assert "trainer_state.json" in writes and "optimizer.pt" in writes and "adapter_model.safetensors" in writes
+    assert writes[-1] == f"checkpoint-{SAVE_STEP}", writes  # the publishing rename comes after every write
     points = [(i, torn) for i in range(1, len(writes) + 1) for torn in (False, True)]
     assert len(points) >= 20, writes
 
@@ -155,10 +165,13 @@ def test_a_kill_at_any_write_of_a_save_leaves_a_resumable_run(tmp_path, tiny_mod
     for folder in newest:
         assert folder is not None and folder.name in ("checkpoint-2", f"checkpoint-{SAVE_STEP}")
         assert checkpoint_problem(folder) is None
+    # Only the kill after the rename leaves a checkpoint-4; every earlier kill leaves no such folder at all.
+    published = [(out / f"checkpoint-{SAVE_STEP}").exists() for out in outputs]
+    assert published == [point == (len(writes), True) for point in points]
     resumed = _in_children([lambda c=c: run_recipe("sft", ["--config", c, "--resume_from_checkpoint", "latest"])
                             for c in configs])
     assert resumed == [0] * len(points), [(p, writes[p[0] - 1]) for p, r in zip(points, resumed) if r]
     for out in outputs:
         assert json.loads((out / "run_info.json").read_text())["recipe"] == "sft"
-    # The marker is written last: a kill before or during trainer_state.json falls back to checkpoint-2.
-    assert [f.name for f in newest].count("checkpoint-2") == len(points)
+        assert not (out / STAGING).exists()
+        assert checkpoint_problem(out / f"checkpoint-{SAVE_STEP}") is None
