@@ -9,6 +9,8 @@
     finetune-kit tokenize smollm2-135m-instruct "Hello there" [--chat]
     finetune-kit inspect runs/sft-smollm2-lora
     finetune-kit predict --model runs/text-classification-minilm-sst2 --text "a gorgeous film"
+    finetune-kit tune --config recipes/configs/text_classification_minilm_sst2_tune.yaml --trials 12
+    finetune-kit report runs/sft-smollm2-lora                              # report.html + PNG plots
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="check a config, its data and its memory need before training (reads no "
                         "weights); --recipe NAME when the config's file name does not start with it",
                         add_help=False)
+    commands.add_parser("tune", help="Optuna search over the `tune:` space of a recipe YAML (--trials N, "
+                        "--study_dir D); run again to continue an interrupted study", add_help=False)
+    report = commands.add_parser("report", help="plots and report.html for a finished run folder")
+    report.add_argument("run_dir")
     chat = commands.add_parser("chat", help="chat in the terminal, answers streamed token by token")
     _generation_args(chat)
     chat.add_argument("--system", help="system prompt")
@@ -114,6 +120,10 @@ def _main(argv: list[str] | None) -> None:
         from finetune_kit.check import check
 
         raise SystemExit(check(rest))
+    if args.command == "tune":
+        from finetune_kit.tune import tune
+
+        return tune(rest)
     if rest:
         raise UserError(f"finetune-kit {args.command}: unrecognized arguments: {' '.join(rest)}")
     if args.command in ("chat", "generate", "serve"):
@@ -142,6 +152,10 @@ def _main(argv: list[str] | None) -> None:
         print_tokens(tokenize_text(load_tokenizer(args.checkpoint), args.text, chat=args.chat))
     elif args.command == "predict":
         _predict(args)
+    elif args.command == "report":
+        from finetune_kit.report import write_report
+
+        print(f"report: {write_report(args.run_dir)}")
     elif args.command == "inspect":
         from finetune_kit.inspect_model import describe, print_summary
 

@@ -93,7 +93,7 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """What to do about an existing output directory, and about a non-finite gradient."""
+    """What to do about an existing output directory and a non-finite gradient; whether to write a report."""
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace the contents of a non-empty output_dir (a finished run too)."}
@@ -101,6 +101,8 @@ class RunArguments:
     on_nonfinite: str = field(default="stop", metadata={
         "help": "A NaN / inf gradient: stop the run (the newest checkpoint is the last good state), or skip that "
                 "update and count it.", "choices": ("stop", "skip")})
+    report: bool = field(default=True, metadata={
+        "help": "Write report.html and PNG plots (loss, learning rate, metrics) into the run folder at the end."})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,6 +137,9 @@ def _unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key '{key}' ({where}).{hint}"
+
+
+TUNE_KEY = "tune"
 
 
 def read_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -228,6 +233,8 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
     if config_path is not None:
         nested_ok = mapping_keys(config_type)
         for key, value in read_yaml_config(config_path).items():
+            if key == TUNE_KEY:
+                continue  # the search space of `finetune-kit tune` (finetune_kit/tune.py); training ignores it
             if f"--{key}" not in parser._option_string_actions:
                 raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
             if isinstance(value, dict) and key not in nested_ok:

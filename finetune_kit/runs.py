@@ -129,8 +129,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metrics: dict[str, Any],
-                    log_history: list[dict[str, Any]]) -> None:
-    """Write config.yaml, log_history.json and run_info.json (last: its presence marks the run finished)."""
+                    log_history: list[dict[str, Any]], report: bool = True) -> None:
+    """Write config.yaml, log_history.json and run_info.json (its presence marks the run finished), then the report."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -144,6 +144,14 @@ def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metric
         "peak_memory_mb": peak_memory_mb(),
     }
     _write_atomic(out / RUN_INFO, json.dumps(info, indent=2, default=str))
+    if report:
+        from finetune_kit.report import write_report
+
+        try:
+            print(f"Run report: {write_report(out)}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - the run is finished and saved; a plot must not fail it
+            print(f"Run report not written ({type(err).__name__}: {err}); try `finetune-kit report {out}`.",
+                  file=sys.stderr)
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -181,4 +189,4 @@ def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any]) -> None:
         trainer.model.base_model.model.config.save_pretrained(args.output_dir)
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
     _write_atomic(Path(args.output_dir) / "eval_results.json", json.dumps(metrics, indent=2, default=str))
-    write_run_files(args.output_dir, config_to_dict(cfg), recipe, metrics, trainer.state.log_history)
+    write_run_files(args.output_dir, config_to_dict(cfg), recipe, metrics, trainer.state.log_history, cfg.run.report)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOTrainer, get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_pair
 from finetune_kit.errors import run_cli
@@ -22,6 +21,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_reference_model, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import DPORecipeConfig
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if eval_dataset is not None:  # before training the policy is the reference: margins 0, the baseline to beat
         metrics.update({k.replace("eval_", "before_"): v for k, v in trainer.evaluate().items()})
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

@@ -14,7 +14,6 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import GRPOTrainer, get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_prompt
 from finetune_kit.errors import run_cli
@@ -23,6 +22,7 @@ from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import GRPORecipeConfig
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

@@ -14,7 +14,6 @@ import torch
 from datasets import Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -23,6 +22,7 @@ from finetune_kit.recipe_configs import ImageClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
 from finetune_kit.tasks import images as img
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
                       processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
                       callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final = held.get("test") or held.get("validation")
     if final is not None:

@@ -19,7 +19,6 @@ from peft import get_peft_model
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 from trl import get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import DataError, run_cli
@@ -27,6 +26,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import MaskedLMConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def texts_of(source: str, column: str) -> list[str]:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
                       data_collator=collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
     before = trainer.evaluate()["eval_loss"]
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     after = trainer.evaluate()["eval_loss"]
     metrics.update(perplexity_before=math.exp(before), perplexity_after=math.exp(after))

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.save_pretrained(args.output_dir)
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
         metrics["train"] = trainer.log_history[-1] if trainer.log_history else {}
-        write_run_files(args.output_dir, config_to_dict(cfg), "ppo", metrics, trainer.log_history)
+        write_run_files(args.output_dir, config_to_dict(cfg), "ppo", metrics, trainer.log_history, cfg.run.report)
     return metrics
 
 

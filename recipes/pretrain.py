@@ -17,7 +17,6 @@ from functools import partial
 from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets
 from finetune_kit.data.formats import normalise
@@ -26,6 +25,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import PretrainConfig
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if eval_dataset is not None:
         metrics["before_perplexity"] = math.exp(trainer.evaluate()["eval_loss"])
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

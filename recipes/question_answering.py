@@ -17,7 +17,6 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator, set_seed
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -26,6 +25,7 @@ from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import QuestionAnsweringConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import qa
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def split_by_article(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                       data_collator=default_data_collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))

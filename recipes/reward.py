@@ -14,7 +14,6 @@ from __future__ import annotations
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardTrainer, get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_pair
 from finetune_kit.errors import run_cli
@@ -22,6 +21,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_model, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import RewardRecipeConfig
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, param in trainer.model.named_parameters():
             if "modules_to_save" in name and param.requires_grad:
                 param.data = param.data.float()
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())  # eval_accuracy: held-out pairs with chosen scored above rejected

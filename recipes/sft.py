@@ -17,7 +17,6 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import config_to_dict, parse_config
 from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
 from finetune_kit.errors import UserError, run_cli
@@ -25,6 +24,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.recipe_configs import SFTRecipeConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     if eval_dataset is not None:
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
         trainer.create_model_card(model_name=Path(args.output_dir).name)
-        write_run_files(args.output_dir, config_to_dict(cfg), "sft", metrics, trainer.state.log_history)
+        write_run_files(args.output_dir, config_to_dict(cfg), "sft", metrics, trainer.state.log_history,
+                        cfg.run.report)
     return metrics
 
 

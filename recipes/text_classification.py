@@ -18,7 +18,6 @@ from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 from trl import get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.data.formats import apply_column_mapping
@@ -28,6 +27,7 @@ from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TextClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 class BalancedTrainer(Trainer):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final_split = splits["test"] or splits["validation"]
     if final_split is not None:

@@ -18,7 +18,6 @@ from peft import get_peft_model
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, set_seed
 from trl import get_peft_config
 
-from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.config import parse_config
 from finetune_kit.data import read_rows
 from finetune_kit.errors import UserError, run_cli
@@ -27,6 +26,7 @@ from finetune_kit.models import load_tokenizer, resolve_checkpoint
 from finetune_kit.recipe_configs import TokenClassificationConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.tasks import tokens as tok
+from finetune_kit.trainer_setup import prepare_trainer
 
 
 def load_rows(source: str, task) -> list[dict]:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
                       compute_metrics=tok.metrics_fn(names), callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    atomic_checkpoints(trainer)  # a checkpoint-N folder appears whole or not at all
+    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if evaluation is not None:
         metrics.update(trainer.evaluate())
