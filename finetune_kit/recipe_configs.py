@@ -166,6 +166,25 @@ def one_mixed_precision(cfg) -> str | None:
     return None
 
 
+# report_to name -> the module it needs, and the package that ships it (our extras cover the first four).
+TRACKERS = {"tensorboard": ("tensorboard", "finetune-kit[tensorboard]"), "wandb": ("wandb", "finetune-kit[wandb]"),
+            "mlflow": ("mlflow", "finetune-kit[mlflow]"), "trackio": ("trackio", "finetune-kit[trackio]"),
+            "comet_ml": ("comet_ml", "comet_ml"), "clearml": ("clearml", "clearml"), "dvclive": ("dvclive", "dvclive"),
+            "neptune": ("neptune", "neptune"), "swanlab": ("swanlab", "swanlab"), "codecarbon": ("codecarbon",
+                                                                                                  "codecarbon")}
+
+
+def trackers_installed(cfg) -> str | None:
+    """A tracker named in report_to must be importable now, not after the model has loaded."""
+    import importlib.util
+
+    for name in cfg.training.report_to or []:
+        module, package = TRACKERS.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            return f"report_to: {name} needs the {module} package, which is not installed: pip install '{package}'."
+    return None
+
+
 COMMON_CHECKS = (
     quantization_is_exclusive,
     quantization_needs_adapter,
@@ -176,6 +195,7 @@ COMMON_CHECKS = (
     learning_rate_positive,
     lora_rank_positive,
     one_mixed_precision,
+    trackers_installed,
 )
 
 @dataclass

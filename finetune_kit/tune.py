@@ -1,6 +1,7 @@
 """`finetune-kit tune`: an Optuna study over a search space declared in the recipe's own YAML.
 
-    finetune-kit tune --config recipes/configs/text_classification_minilm_sst2_tune.yaml --trials 12
+    finetune-kit tune --config recipes/configs/text_classification_minilm_sst2_tune.yaml --trials 12 \
+        [--timeout_minutes 30] [--study_dir D] [--key value ...: overrides for every trial]
 
 The YAML is a normal recipe config plus a `tune:` block (training ignores it):
 
@@ -53,7 +54,7 @@ def parse_space(space: Any, known: list[str], where: str) -> dict[str, dict[str,
     for key, spec in space.items():
         if key not in known:
             raise ConfigError(f"{where}: tune.space key '{key}' is not a config key of this recipe.")
-        if key in ("output_dir", "seed"):
+        if key in ("output_dir", "seed", "split_seed"):
             raise ConfigError(f"{where}: tune.space key '{key}' is set per trial by tune; leave it out.")
         if isinstance(spec, list):
             if not spec:
@@ -162,6 +163,7 @@ def tune(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--recipe")
     parser.add_argument("--study_dir")
+    parser.add_argument("--timeout_minutes", type=float, help="start no new trial after this long (a search budget)")
     args, overrides = parser.parse_known_args(argv)
     recipe = recipe_of(["--config", args.config], args.recipe)
     config_type = ALL_RECIPES[recipe]
@@ -202,8 +204,11 @@ def tune(argv: list[str]) -> dict[str, Any]:
         seed = base.training.seed + trial.number
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("split_seed", base.data.seed_for_split(base.training.seed))
         print(f"\n=== trial {trial.number} ({_counted(study) + 1}/{total}): {params}")
-        argv_trial = ["--config", args.config, *overrides, "--output_dir", str(run_dir), "--seed", str(seed)]
+        # Own seed per trial, the same held-out rows for all: split_seed stays the base config's.
+        argv_trial = ["--config", args.config, *overrides, "--output_dir", str(run_dir), "--seed", str(seed),
+                      "--split_seed", str(base.data.seed_for_split(base.training.seed))]
         for key, value in params.items():
             argv_trial += _yaml_value_to_args(key, value)
         reporter = ReportToTrial(trial, settings["metric"])
@@ -226,7 +231,8 @@ def tune(argv: list[str]) -> dict[str, Any]:
     if remaining > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,))
+            study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,),
+                           timeout=args.timeout_minutes * 60 if args.timeout_minutes else None)
     return finish_study(study, raw, study_dir, settings)
 
 
@@ -293,7 +299,8 @@ def finish_study(study, raw: dict[str, Any], study_dir: Path, settings: dict[str
         raise UserError(f"no trial of the study in {study_dir} completed; see the trials above.") from None
     config = {k: v for k, v in raw.items() if k != TUNE_KEY}
     config.update(best.params)
-    config.update({"seed": best.user_attrs["seed"], "output_dir": str(study_dir / "best-run")})
+    config.update({"seed": best.user_attrs["seed"], "split_seed": best.user_attrs["split_seed"],
+                   "output_dir": str(study_dir / "best-run")})
     best_yaml = study_dir / "best.yaml"
     best_yaml.write_text(f"# Best trial {best.number} of {study_dir}: eval_{settings['metric']} = {best.value:.6g}; "
                          f"its run folder: {best.user_attrs['run_dir']}\n" + yaml.safe_dump(config, sort_keys=False))

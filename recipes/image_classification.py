@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Images stay as they are (paths or PIL objects) in a side list; the dataset holds their index.
     images = [e["image"] for e in examples]
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
-    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio, args.seed, stratify=True)
+    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio,
+                                   cfg.data.seed_for_split(args.seed), stratify=True)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     if cfg.model.model_name_or_path == img.FROM_CONFIG:

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
         splits = {"train": data, "test": Dataset.from_dict({"text": texts_of(cfg.data.eval_dataset_name,
                                                                              task.text_column)})}
     else:
-        splits = data.train_test_split(test_size=cfg.data.eval_split_ratio or 0.1, seed=args.seed)
+        splits = data.train_test_split(test_size=cfg.data.eval_split_ratio or 0.1,
+                                       seed=cfg.data.seed_for_split(args.seed))
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.data.eval_dataset_name:
         train_rows, eval_rows = rows, qa.read_squad(cfg.data.eval_dataset_name)
     elif cfg.data.eval_split_ratio:
-        train_rows, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, args.seed)
+        train_rows, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, cfg.data.seed_for_split(args.seed))
     else:
         train_rows, eval_rows = rows, []
     train_rows = train_rows[: cfg.data.max_train_samples or None]

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = clf.label_names(examples, problem, task.labels)
     clf.encode_labels(examples, [w for w, _ in rows], problem, names, task.label_column)
     splits = clf.stratified_splits(Dataset.from_list(examples), cfg.data.eval_split_ratio, task.test_split_ratio,
-                                   args.seed, stratify=problem == clf.SINGLE)
+                                   cfg.data.seed_for_split(args.seed), stratify=problem == clf.SINGLE)
     if task.sampling in ("oversample", "undersample"):
         splits["train"] = clf.resample(splits["train"], task.sampling, args.seed)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from finetune_kit import recipe_configs as rc
-from finetune_kit.config import config_to_dict, parse_config
+from finetune_kit.config import config_to_dict, known_keys, parse_config, read_yaml_config
 from finetune_kit.errors import ConfigError
 from finetune_kit.recipe_configs import RECIPE_CONFIGS, SFTRecipeConfig
 from finetune_kit.stage_configs import STAGE_CONFIGS
+from finetune_kit.tune import parse_tune
 
 ALL_RECIPES = {**RECIPE_CONFIGS, **STAGE_CONFIGS}
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs").glob("*.yaml"))
@@ -37,6 +38,9 @@ def test_every_shipped_yaml_parses(path):
     assert (path.parents[1] / f"{recipe}.py").is_file(), f"no recipes/{recipe}.py for {path.name}"
     cfg = parse_config(ALL_RECIPES[recipe], ["--config", str(path)])
     assert cfg.data.dataset_name and cfg.training.output_dir
+    raw = read_yaml_config(path)
+    if "tune" in raw:  # a search space: every key a config key, every range well formed
+        assert parse_tune(raw["tune"], path.name, known_keys(ALL_RECIPES[recipe]))["space"]
 
 
 def test_shipped_configs_exist():

@@ -158,3 +158,33 @@ def test_report_renders_its_images_in_a_browser(reported_run, tmp_path):
     # matplotlib's default line / colormap blues appear only where the plot images were drawn, not in the page text.
     blue = sum(1 for r, g, b in image.getdata() if b > 150 and r < 90 and 90 < g < 160)
     assert blue > 500, blue
+
+
+def test_a_tracker_that_is_not_installed_is_named_with_its_extra(tmp_path):
+    import importlib.util
+
+    from finetune_kit.config import ConfigError, parse_config
+    from finetune_kit.recipe_configs import SFTRecipeConfig
+
+    missing = next((t for t in ("wandb", "mlflow", "trackio", "tensorboard") if importlib.util.find_spec(t) is None),
+                   None)
+    if missing is None:
+        pytest.skip("every tracker is installed here")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}])
+    with pytest.raises(ConfigError, match=rf"report_to: {missing} .*finetune-kit\[{missing}\]"):
+        parse_config(SFTRecipeConfig, ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"),
+                                       "--report_to", missing])
+
+
+def test_split_seed_keeps_the_held_out_rows_whatever_the_training_seed(tmp_path):
+    from finetune_kit.config import DataArguments
+    from finetune_kit.data import load_sft_datasets
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(40)])
+
+    def held_out(seed, split_seed=None):
+        args = DataArguments(dataset_name=str(data), eval_split_ratio=0.25, split_seed=split_seed)
+        return load_sft_datasets(args, seed=seed)[1]["prompt"]
+
+    assert held_out(1) != held_out(2)  # without it the split follows the seed
+    assert held_out(1, split_seed=7) == held_out(2, split_seed=7) == held_out(7)

@@ -69,7 +69,8 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
     elif data_args.eval_split_ratio:
         if len(train) < 2:
             raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")
-        split = train.train_test_split(test_size=data_args.eval_split_ratio, seed=seed)
+        split = train.train_test_split(test_size=data_args.eval_split_ratio,
+                                       seed=data_args.seed_for_split(seed))
         train, evaluation = split["train"], split["test"]
     if data_args.max_train_samples:  # after the split, so the held-out rows stay the same whatever the cap
         train = train.select(range(min(data_args.max_train_samples, len(train))))
