@@ -35,7 +35,13 @@ class TrlMachineDefaults:
 
 @dataclass
 class SFTTrainingArguments(TrlMachineDefaults, SFTConfig):
-    """trl's `SFTConfig` with machine-chosen bf16 and no forced gradient checkpointing."""
+    """trl's `SFTConfig` with machine-chosen bf16, no forced gradient checkpointing, and length-grouped batches."""
+
+    # Chat / instruction rows vary a lot in length; batching similar lengths together cuts the padding that a random
+    # sampler computes on (benchmarks/results/bench_sft.json). `random` restores trl's order.
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
+                "batch_rebalance."})
 
 
 def machine_defaults(args) -> None:
@@ -160,6 +166,22 @@ def lora_rank_positive(cfg) -> str | None:
     return None
 
 
+FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+def packing_needs_flash_attention(cfg) -> str | None:
+    """Padding-free / bfd-packed batches mark sequence boundaries with position_ids only; sdpa and eager attention
+    ignore them, so each example would attend to the ones packed before it (tests/test_fast_paths.py shows it)."""
+    training = cfg.training
+    packed = getattr(training, "padding_free", False) or (getattr(training, "packing", False) and
+                                                          getattr(training, "packing_strategy", None) == "bfd")
+    if packed and not str(cfg.model.attn_implementation or "").startswith(FLASH + ("kernels-community/flash",)):
+        return ("padding_free / packing (bfd) need attn_implementation: flash_attention_2 (or 3) on a GPU; with "
+                f"{cfg.model.attn_implementation or 'sdpa'} packed examples would attend to each other. Leave them "
+                "off (length-grouped batches are the default) or use packing_strategy: wrapped for pretraining.")
+    return None
+
+
 def one_mixed_precision(cfg) -> str | None:
     if cfg.training.bf16 and cfg.training.fp16:
         return "bf16 and fp16 are both true; choose one."
@@ -196,6 +218,7 @@ COMMON_CHECKS = (
     lora_rank_positive,
     one_mixed_precision,
     trackers_installed,
+    packing_needs_flash_attention,
 )
 
 @dataclass

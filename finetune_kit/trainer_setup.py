@@ -1,5 +1,6 @@
-"""What every recipe does to its trainer just before training: atomic checkpoints, plus the callbacks that a driver
-running the recipe in-process (`finetune-kit tune`: report evaluations, prune a trial) has registered.
+"""What every recipe does to its trainer just before training: atomic checkpoints, length-grouped batches that resume
+exactly, plus the callbacks that a driver running the recipe in-process (`finetune-kit tune`: report evaluations,
+prune a trial) has registered.
 
     prepare_trainer(trainer)            # in a recipe
     with driver_callbacks(callback):    # in a driver
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
+
 from finetune_kit.checkpoints import atomic_checkpoints
 
 _DRIVER_CALLBACKS: list = []
@@ -17,6 +20,7 @@ _DRIVER_CALLBACKS: list = []
 
 def prepare_trainer(trainer) -> None:
     atomic_checkpoints(trainer)
+    seeded_length_grouping(trainer)
     for callback in _DRIVER_CALLBACKS:
         trainer.add_callback(callback)
 
@@ -30,3 +34,27 @@ def driver_callbacks(*callbacks):
     finally:
         for callback in callbacks:
             _DRIVER_CALLBACKS.remove(callback)
+
+
+def seeded_length_grouping(trainer) -> None:
+    """Make `train_sampling_strategy: group_by_length` order batches by `seed + epoch`.
+
+    transformers' LengthGroupedSampler draws its order from the global torch RNG when an epoch starts; a resumed run
+    restores a later RNG state, so it would train on a different order than the run it continues. With its own
+    generator, reseeded through the `set_epoch(epoch)` call the Trainer makes at each epoch, the order is a function
+    of (seed, epoch) alone, and a resume mid-epoch skips into the same order (tests/test_resume.py).
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    library_sampler = trainer._get_train_sampler
+    seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+
+    def _get_train_sampler(*args, **kwargs):
+        sampler = library_sampler(*args, **kwargs)
+        if isinstance(sampler, LengthGroupedSampler) and sampler.generator is None:
+            sampler.generator = torch.Generator()
+            sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(seed + epoch)
+            sampler.set_epoch(0)
+        return sampler
+
+    trainer._get_train_sampler = _get_train_sampler

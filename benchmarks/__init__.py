@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side runs against plain trl / transformers (`python -m benchmarks`) and one-off scripts."""
