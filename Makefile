@@ -10,7 +10,7 @@ DEMO_DATA := data/generated/identity
 RLHF_DATA := data/generated/rlhf
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install sft rlhf chat test test-fast clean
+.PHONY: install sft rlhf chat bench test test-fast clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ rlhf: $(STAMP)
 chat: $(STAMP)
 	test -f runs/sft-smollm2-lora/run_info.json || $(MAKE) sft
 	$(VENV)/bin/finetune-kit chat --model runs/sft-smollm2-lora
+
+# Our SFT recipe vs plain trl SFTTrainer defaults, same model / data / steps (benchmarks/harness.py; needs
+# ../shared/datasets or --data): writes benchmarks/results/bench_sft.json.
+bench: $(STAMP)
+	$(PY) -m benchmarks sft $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -129,7 +129,10 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    opts.argv = [a for a in argv]
+    if not Path(opts.data).is_file():
+        parser.error(f"benchmark data not found: {opts.data} (the default is ../shared/datasets, next to this "
+                     "clone); pass --data with an alpaca-style JSON file")
+    opts.argv = list(argv)
     return opts
 
 

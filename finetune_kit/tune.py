@@ -37,7 +37,8 @@ import yaml
 from transformers import TrainerCallback
 
 from finetune_kit.check import ALL_RECIPES, recipe_of
-from finetune_kit.config import TUNE_KEY, ConfigError, _yaml_value_to_args, known_keys, parse_config, read_yaml_config
+from finetune_kit.config import (TUNE_KEY, ConfigError, _unknown_key_message, _yaml_value_to_args, known_keys,
+                                  parse_config, read_yaml_config)
 from finetune_kit.errors import UserError
 from finetune_kit.guards import TrainingDiverged
 from finetune_kit.trainer_setup import driver_callbacks
@@ -53,7 +54,7 @@ def parse_space(space: Any, known: list[str], where: str) -> dict[str, dict[str,
     parsed = {}
     for key, spec in space.items():
         if key not in known:
-            raise ConfigError(f"{where}: tune.space key '{key}' is not a config key of this recipe.")
+            raise ConfigError(_unknown_key_message(str(key), known, f"tune.space in {where}"))
         if key in ("output_dir", "seed", "split_seed"):
             raise ConfigError(f"{where}: tune.space key '{key}' is set per trial by tune; leave it out.")
         if isinstance(spec, list):
@@ -184,9 +185,14 @@ def tune(argv: list[str]) -> dict[str, Any]:
     # `warmup_evals` evaluations are free, pruning starts with the next.
     pruner = optuna.pruners.NopPruner() if pruning is False else optuna.pruners.MedianPruner(
         n_startup_trials=pruning.get("startup_trials", 3), n_warmup_steps=pruning.get("warmup_evals", 1) + 1)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(study_dir / 'study.db').resolve()}",
-                                direction=settings["direction"], load_if_exists=True, pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=base.training.seed))
+    storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    # The sampler's seed moves on with the trials already stored: a resumed study must not redraw the random
+    # start-up configurations of the trials it already has.
+    exists = (study_dir / "study.db").is_file() and STUDY_NAME in optuna.get_all_study_names(storage)
+    stored = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if exists else 0
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=settings["direction"],
+                                load_if_exists=True, pruner=pruner,
+                                sampler=optuna.samplers.TPESampler(seed=base.training.seed + stored))
     if study.user_attrs.get("signature", signature) != signature:
         raise UserError(f"{study_dir} holds a study of another config or search space "
                         f"({study.user_attrs['signature']}); choose another --study_dir.")

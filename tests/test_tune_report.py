@@ -188,3 +188,30 @@ def test_split_seed_keeps_the_held_out_rows_whatever_the_training_seed(tmp_path)
 
     assert held_out(1) != held_out(2)  # without it the split follows the seed
     assert held_out(1, split_seed=7) == held_out(2, split_seed=7) == held_out(7)
+
+
+def test_a_resumed_study_does_not_redraw_the_configurations_it_has(tmp_path, tiny_bert_dir, monkeypatch):
+    """Resuming reseeds the sampler past the stored trials (same seed again = the same random start-up draws)."""
+    import optuna
+
+    from finetune_kit import tune as tune_module
+
+    drawn = []
+
+    class Recipe:  # stands in for the recipe: reports the sampled learning rate as the metric, trains nothing
+        @staticmethod
+        def main(argv):
+            rate = float(argv[argv.index("--learning_rate") + 1])
+            drawn.append(rate)
+            return {"eval_accuracy": rate}
+
+    import finetune_kit.cli
+
+    monkeypatch.setattr(finetune_kit.cli, "load_recipe", lambda name: Recipe)
+    config = _tune_config(tmp_path, tiny_bert_dir, pruning=False)
+    study_dir = str(tmp_path / "study")
+    tune_module.tune(["--config", config, "--trials", "3", "--study_dir", study_dir])
+    tune_module.tune(["--config", config, "--trials", "6", "--study_dir", study_dir])
+    assert len(drawn) == 6 and len(set(drawn)) == 6
+    assert len(optuna.load_study(study_name="finetune-kit", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+               .trials) == 6
