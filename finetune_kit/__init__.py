@@ -29,6 +29,9 @@ _EXPORTS = {
     "tokenize_sft_dataset": "finetune_kit.data",
     "tokenize_conversation": "finetune_kit.data",
     "UserError": "finetune_kit.errors",
+    "prepare_trainer": "finetune_kit.trainer_setup",
+    "atomic_checkpoints": "finetune_kit.checkpoints",
+    "write_report": "finetune_kit.report",
 }
 
 __all__ = sorted(_EXPORTS)

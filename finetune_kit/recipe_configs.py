@@ -6,8 +6,10 @@ Each check takes the whole config and returns an error message naming the keys, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
+import datasets
 from transformers import TrainingArguments
 from trl import SFTConfig
 
@@ -48,6 +50,10 @@ def machine_defaults(args) -> None:
     """Shared by the recipes' training arguments, before transformers validates them."""
     if not args.output_dir:  # transformers would write to ./trainer_output; a run folder should be chosen
         raise ValueError("output_dir is required.")
+    if args.disable_tqdm is None and not sys.stderr.isatty():
+        # A log file or CI log (not a terminal) gets the logged numbers, not thousands of redrawn progress bars.
+        args.disable_tqdm = True
+        datasets.disable_progress_bars()
     if args.bf16 is None:
         args.bf16 = not args.fp16 and bf16_is_fast()
     if (args.bf16 or args.fp16) and not has_accelerator():

@@ -132,8 +132,10 @@ class ReportToTrial(TrainerCallback):
         self.last, self.evaluations = float(value), self.evaluations + 1
         self.trial.report(self.last, step=self.evaluations)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"{self.key} = {self.last:.4g} at evaluation {self.evaluations} (training step "
-                                     f"{state.global_step}): worse than the median of earlier trials there")
+            why = (f"{self.key} = {self.last:.4g} at evaluation {self.evaluations} (training step "
+                   f"{state.global_step}): worse than the median of earlier trials there")
+            print(f"trial {self.trial.number} pruned: {why}")
+            raise optuna.TrialPruned(why)
 
 
 def _mark_interrupted(study) -> None:

@@ -215,3 +215,13 @@ def test_a_resumed_study_does_not_redraw_the_configurations_it_has(tmp_path, tin
     assert len(drawn) == 6 and len(set(drawn)) == 6
     assert len(optuna.load_study(study_name="finetune-kit", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
                .trials) == 6
+
+
+def test_progress_bars_are_quiet_in_logs_and_can_be_asked_for(tmp_path, monkeypatch):
+    from finetune_kit.recipe_configs import SFTTrainingArguments
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is True  # a CI log: no redrawn bars
+    assert SFTTrainingArguments(output_dir=str(tmp_path), disable_tqdm=False).disable_tqdm is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is False  # a terminal: bars
