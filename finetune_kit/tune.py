@@ -101,6 +101,9 @@ def parse_tune(block: Any, where: str, known: list[str]) -> dict[str, Any]:
     pruning = block.get("pruning", {})
     if pruning is not False and (not isinstance(pruning, dict) or pruning.keys() - {"startup_trials", "warmup_evals"}):
         raise ConfigError(f"{where}: tune.pruning must be false or {{startup_trials, warmup_evals}}, got {pruning!r}.")
+    trials = block.get("trials")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        raise ConfigError(f"{where}: tune.trials must be a whole number >= 1, got {trials!r}.")
     return {"metric": str(block["metric"]).removeprefix("eval_"), "direction": direction,
             "trials": block.get("trials"), "pruning": pruning, "space": parse_space(block.get("space"), known, where)}
 

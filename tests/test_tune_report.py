@@ -83,7 +83,8 @@ def test_tune_config_errors_name_the_key(tmp_path, tiny_bert_dir):
     for tune_block, needle in ((dict(space={"learning_rat": [1e-3]}), "learning_rat"),
                                (dict(space={"learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}), "low > 0"),
                                (dict(direction="up"), "tune.direction"),
-                               (dict(metrc="accuracy"), "metrc")):
+                               (dict(metrc="accuracy"), "metrc"),
+                               (dict(trials="many"), "tune.trials")):
         config = _tune_config(tmp_path, tiny_bert_dir, **tune_block)
         with pytest.raises(ConfigError, match=needle):
             tune(["--config", config, "--trials", "1", "--study_dir", str(tmp_path / "never")])
