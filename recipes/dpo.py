@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if eval_dataset is not None:  # before training the policy is the reference: margins 0, the baseline to beat
         metrics.update({k.replace("eval_", "before_"): v for k, v in trainer.evaluate().items()})
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
                       processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
                       callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final = held.get("test") or held.get("validation")
     if final is not None:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
                       data_collator=collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
     before = trainer.evaluate()["eval_loss"]
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     after = trainer.evaluate()["eval_loss"]
     metrics.update(perplexity_before=math.exp(before), perplexity_after=math.exp(after))

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                       data_collator=default_data_collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, param in trainer.model.named_parameters():
             if "modules_to_save" in name and param.requires_grad:
                 param.data = param.data.float()
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())  # eval_accuracy: held-out pairs with chosen scored above rejected

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     final_split = splits["test"] or splits["validation"]
     if final_split is not None:

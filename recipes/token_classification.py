@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
                       compute_metrics=tok.metrics_fn(names), callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
-    prepare_trainer(trainer)  # atomic checkpoints (a checkpoint-N appears whole or not at all)
+    prepare_trainer(trainer)  # atomic checkpoints, resumable length-grouped order, callbacks of a tune driver
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if evaluation is not None:
         metrics.update(trainer.evaluate())
