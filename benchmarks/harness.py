@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,28 +30,21 @@ ALPACA = ROOT.parent / "shared" / "datasets" / "llamafactory_demo" / "alpaca_en_
 LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
 
 
-def _peak_memory_mb() -> dict[str, float]:
-    import torch
-
-    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
-
-
 def _summary(log_history: list[dict], runtime: float, last: int = 5) -> dict:
     losses = [row["loss"] for row in log_history if "loss" in row]
     tokens = max((row.get("num_tokens", 0) for row in log_history), default=0)
+    from finetune_kit.runs import peak_memory_mb
+
     return {"train_runtime": runtime, "trained_tokens": tokens, "tokens_per_second": tokens / runtime,
             "final_loss": sum(losses[-last:]) / len(losses[-last:]), "losses": losses, "peak_memory_mb":
-            _peak_memory_mb()}
+            peak_memory_mb()}
 
 
 def _alpaca_messages(path: Path) -> list[dict]:
-    rows = json.loads(path.read_text())
-    return [{"messages": [{"role": "user", "content": (r["instruction"] + ("\n\n" + r["input"] if r.get("input")
-                                                                           else ""))},
-                          {"role": "assistant", "content": r["output"]}]} for r in rows]
+    """The rows as conversations, exactly as our recipe reads them, so both arms train on the same text."""
+    from finetune_kit.data.formats import normalise
+
+    return [normalise(row, "alpaca", f"{path} row {i}") for i, row in enumerate(json.loads(path.read_text()), 1)]
 
 
 def sft_baseline(opts) -> dict:

@@ -7,8 +7,8 @@ into place once complete, so a `checkpoint-N` folder in the run either is whole 
 The Trainer builds a checkpoint's path from `_get_output_dir()`; while a save runs that points at
 `<output_dir>/.checkpoint-staging`, so weights, optimizer, scheduler, RNG and trainer state all land there. Then the
 main process renames the finished folder to `<output_dir>/checkpoint-N` (one rename on one filesystem: atomic) and
-rotates old checkpoints (`save_total_limit`) in the real run folder. Leftovers of a killed save are cleared by the
-next save and never look like a checkpoint to `resume_from_checkpoint: latest`. Methods are set on the instance, so
+rotates old checkpoints (`save_total_limit`) in the real run folder. Leftovers of a killed save are cleared when the
+next run prepares its trainer and never look like a checkpoint to `resume_from_checkpoint: latest`. Methods are set on the instance, so
 this composes with any trainer class, subclassed or not.
 """
 
@@ -55,9 +55,8 @@ def atomic_checkpoints(trainer) -> None:
         run_dir = library_output_dir(trial=trial)
         stage = os.path.join(run_dir, STAGING)
         name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
-        if args.should_save and os.path.isdir(stage):
-            shutil.rmtree(stage)  # what a killed save left behind
-        trainer.accelerator.wait_for_everyone()  # every rank writes (RNG state, shards) into a clean staging folder
+        # A killed save's leftovers went when the trainer was prepared (above), and each save clears its own.
+        trainer.accelerator.wait_for_everyone()  # every rank starts writing (RNG state, shards) together
         staging["dir"] = stage
         try:
             library_save(model, trial)

@@ -46,38 +46,35 @@ def _series(history: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
     return series
 
 
-def _pyplot():
-    import matplotlib
+def _figure_of(width: float, height: float):
+    """A matplotlib Figure drawn straight to a file: no pyplot, so no backend is chosen or changed in the caller's
+    process (a notebook keeps its own) and nothing needs closing."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display needed (CI, servers)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height), dpi=100)
 
 
-def _line_plot(path: Path, title: str, curves: dict[str, list[tuple[float, float]]], ylabel: str = "") -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+def _line_plot(path: Path, title: str, curves: dict[str, list[tuple[float, float]]]) -> Path:
+    fig = _figure_of(6.4, 3.6)
+    ax = fig.subplots()
     for name, points in curves.items():
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=name)
     ax.set_title(title)
     ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def _metric_grid(path: Path, curves: dict[str, list[tuple[float, float]]]) -> Path:
-    plt = _pyplot()
     columns = min(3, len(curves))
     rows = math.ceil(len(curves) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    fig = _figure_of(4.2 * columns, 2.8 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, (name, points) in zip(axes.flat, curves.items()):
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3)
@@ -87,14 +84,13 @@ def _metric_grid(path: Path, curves: dict[str, list[tuple[float, float]]]) -> Pa
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def _confusion_plot(path: Path, matrix: list[list[int]], names: list[str]) -> Path:
-    plt = _pyplot()
     size = max(3.6, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    fig = _figure_of(size, size)
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -107,7 +103,6 @@ def _confusion_plot(path: Path, matrix: list[list[int]], names: list[str]) -> Pa
     ax.set_title("confusion matrix (held-out)")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

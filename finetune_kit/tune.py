@@ -271,11 +271,8 @@ def _short(value: Any) -> str:
 
 def _plots(study, study_dir: Path) -> list[Path]:
     """The objective across trials and the parameter importances, as PNGs (what Optuna can draw for this study)."""
+    import matplotlib.pyplot as plt  # Optuna draws through pyplot; each figure is closed once saved
     import optuna.visualization.matplotlib as ovm
-
-    from finetune_kit.report import _pyplot
-
-    plt = _pyplot()
     paths = []
     for name, draw in (("objective_by_trial.png", ovm.plot_optimization_history),
                        ("param_importances.png", ovm.plot_param_importances)):
