@@ -50,8 +50,9 @@ def machine_defaults(args) -> None:
     """Shared by the recipes' training arguments, before transformers validates them."""
     if not args.output_dir:  # transformers would write to ./trainer_output; a run folder should be chosen
         raise ValueError("output_dir is required.")
-    if args.disable_tqdm is None and not sys.stderr.isatty():
-        # A log file or CI log (not a terminal) gets the logged numbers, not thousands of redrawn progress bars.
+    if args.disable_tqdm is None and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        # A log file or CI log (not a terminal, not a notebook: Jupyter's stderr is no TTY either but shows bars
+        # well) gets the logged numbers, not thousands of redrawn progress bars.
         args.disable_tqdm = True
         datasets.disable_progress_bars()
     if args.bf16 is None:

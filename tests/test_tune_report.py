@@ -224,5 +224,8 @@ def test_progress_bars_are_quiet_in_logs_and_can_be_asked_for(tmp_path, monkeypa
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is True  # a CI log: no redrawn bars
     assert SFTTrainingArguments(output_dir=str(tmp_path), disable_tqdm=False).disable_tqdm is False
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is False  # a notebook: bars
+    monkeypatch.delitem(sys.modules, "ipykernel")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is False  # a terminal: bars
