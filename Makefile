@@ -41,10 +41,13 @@ chat: $(STAMP)
 	test -f runs/sft-smollm2-lora/run_info.json || $(MAKE) sft
 	$(VENV)/bin/finetune-kit chat --model runs/sft-smollm2-lora
 
-# Our SFT recipe vs plain trl SFTTrainer defaults, same model / data / steps (benchmarks/harness.py; needs
-# ../shared/datasets or --data): writes benchmarks/results/bench_sft.json.
+# Our recipes vs plain trl / transformers with their defaults, same model / data / epoch / effective batch
+# (benchmarks/harness.py; needs ../shared/datasets or --data): benchmarks/results/bench_{sft,text_classification,dpo}.json.
+# On a 2-core CPU: ~14 + ~4 + ~22 minutes (trl's bf16 default is emulated there).
 bench: $(STAMP)
 	$(PY) -m benchmarks sft $(BENCH_ARGS)
+	$(PY) -m benchmarks text_classification $(BENCH_ARGS)
+	$(PY) -m benchmarks dpo $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -104,6 +104,51 @@ def estimate(config, model_args, batch_size: int, seq_length: int, bf16: bool, a
     return MemoryEstimate(weights, optimizer, activations, logits, RUNTIME_BYTES, total, trainable)
 
 
+def device_memory() -> int:
+    """Total memory of the first GPU, else of the machine: the same figure on every rank of a node."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example: int = 1) -> None:
+    """Decide `activation_checkpointing` where the config left it unset (TrlMachineDefaults marks that).
+
+    On when the activations of the longest micro-batch would outweigh everything else the run holds (weights,
+    optimizer state, logits, runtime: checkpointing then cuts the peak by far the most for its ~20-30% extra compute)
+    or when the whole estimate passes 80% of the device's memory; off otherwise, since a run that fits with room to
+    spare should not pay the recompute. Decided from totals, not free memory, so every rank decides the same.
+    """
+    args = cfg.training
+    if not getattr(args, "activation_checkpointing_auto", False):
+        return
+    from transformers import AutoConfig
+
+    from finetune_kit.models import resolve_checkpoint
+
+    model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
+                                              revision=cfg.model.model_revision,
+                                              trust_remote_code=args.trust_remote_code)
+    result = estimate(model_config, cfg.model, args.per_device_train_batch_size, seq_length, bool(args.bf16), False,
+                      sequences_per_example=sequences_per_example)
+    rest = result.total - result.activations
+    on = result.activations > rest or result.total > 0.8 * device_memory()
+    args.activation_checkpointing = args.gradient_checkpointing = on
+    print(f"activation checkpointing {'on' if on else 'off'} (auto): activations of a {args.per_device_train_batch_size}"
+          f" x {seq_length}-token micro-batch ~{result.activations / GIB:.1f} GiB vs {rest / GIB:.1f} GiB for the "
+          f"rest; set activation_checkpointing to choose", flush=True)
+
+
+def longest_sequence(dataset, max_length: int | None, packing: bool = False) -> int:
+    """Length of the longest training sequence: max_length when packing or when trl tokenizes later."""
+    if packing or "input_ids" not in dataset.column_names:
+        return max_length or 1024
+    longest = max(map(len, dataset["input_ids"]), default=1)
+    return min(longest, max_length) if max_length else longest
+
+
 def available_memory() -> tuple[int, str]:
     """Free memory of the first GPU when there is one, else the RAM available to new processes."""
     import torch

@@ -25,25 +25,39 @@ class TrlMachineDefaults:
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; default: on where the hardware runs it natively."}
     )
-    # trl defaults this (deprecated alias) to True; checkpointing costs ~20-30% speed and small models don't need it.
+    # trl defaults this (deprecated alias) to True; checkpointing costs ~20-30% speed, so ours turns it on when the
+    # memory estimate says it pays (memory.choose_activation_checkpointing), unless either name is set.
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing.", "nargs": "?", "const": True}
     )
 
     def __post_init__(self):
+        # Neither name set: the recipe decides from a memory estimate (memory.choose_activation_checkpointing).
+        self.activation_checkpointing_auto = self.activation_checkpointing is None and self.gradient_checkpointing is None
         machine_defaults(self)
         super().__post_init__()
 
 
 @dataclass
 class SFTTrainingArguments(TrlMachineDefaults, SFTConfig):
-    """trl's `SFTConfig` with machine-chosen bf16, no forced gradient checkpointing, and length-grouped batches."""
+    """trl's `SFTConfig` with machine-chosen bf16, activation checkpointing when memory says so, length-grouped batches."""
 
     # Chat / instruction rows vary a lot in length; batching similar lengths together cuts the padding that a random
     # sampler computes on (benchmarks/results/bench_sft.json). `random` restores trl's order.
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
                 "batch_rebalance."})
+    # Unset (None) = chosen by hardware.choose_fast_paths once the attention implementation is known.
+    packing: bool | None = field(default=None, metadata={
+        "help": "Pack examples into rows of max_length tokens (packing_strategy bfd: best-fit, padding-free, "
+                "position_ids mark the examples); default: on with flash attention."})
+    use_liger_kernel: bool | None = field(default=None, metadata={
+        "help": "Liger's fused kernels; default: on a CUDA GPU where liger-kernel is installed."})
+
+    def __post_init__(self):
+        self.packing_auto, self.use_liger_kernel_auto = self.packing is None, self.use_liger_kernel is None
+        self.packing, self.use_liger_kernel = bool(self.packing), bool(self.use_liger_kernel)
+        super().__post_init__()
 
 
 def machine_defaults(args) -> None:
@@ -77,6 +91,16 @@ class ClassifierTrainingArguments(TrainingArguments):
 
 
 @dataclass
+class TextTaskTrainingArguments(ClassifierTrainingArguments):
+    """For text classification and tagging: batches of similar lengths by default (dynamic padding then pads
+    little: benchmarks/results/bench_text_classification.json). Images and QA windows have one size: no gain there."""
+
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
+                "batch_rebalance."})
+
+
+@dataclass
 class ClassificationArguments:
     """Columns, label handling, class imbalance and freezing for text classification."""
 
@@ -104,7 +128,7 @@ class TextClassificationConfig:
     model: ModelArguments
     data: DataArguments
     task: ClassificationArguments
-    training: ClassifierTrainingArguments
+    training: TextTaskTrainingArguments
     run: RunArguments
 
 
@@ -173,22 +197,6 @@ def lora_rank_positive(cfg) -> str | None:
     return None
 
 
-FLASH = ("flash_attention_2", "flash_attention_3")
-
-
-def packing_needs_flash_attention(cfg) -> str | None:
-    """Padding-free / bfd-packed batches mark sequence boundaries with position_ids only; sdpa and eager attention
-    ignore them, so each example would attend to the ones packed before it (tests/test_fast_paths.py shows it)."""
-    training = cfg.training
-    packed = getattr(training, "padding_free", False) or (getattr(training, "packing", False) and
-                                                          getattr(training, "packing_strategy", None) == "bfd")
-    if packed and not str(cfg.model.attn_implementation or "").startswith(FLASH + ("kernels-community/flash",)):
-        return ("padding_free / packing (bfd) need attn_implementation: flash_attention_2 (or 3) on a GPU; with "
-                f"{cfg.model.attn_implementation or 'sdpa'} packed examples would attend to each other. Leave them "
-                "off (length-grouped batches are the default) or use packing_strategy: wrapped for pretraining.")
-    return None
-
-
 def one_mixed_precision(cfg) -> str | None:
     if cfg.training.bf16 and cfg.training.fp16:
         return "bf16 and fp16 are both true; choose one."
@@ -225,7 +233,6 @@ COMMON_CHECKS = (
     lora_rank_positive,
     one_mixed_precision,
     trackers_installed,
-    packing_needs_flash_attention,
 )
 
 @dataclass
@@ -250,7 +257,7 @@ class TokenClassificationConfig:
     model: ModelArguments
     data: DataArguments
     task: TokenTaskArguments
-    training: ClassifierTrainingArguments
+    training: TextTaskTrainingArguments
     run: RunArguments
 
 

@@ -18,6 +18,7 @@ from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_pair
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
+from finetune_kit.memory import choose_activation_checkpointing
 from finetune_kit.models import load_causal_lm, load_reference_model, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import DPORecipeConfig
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
                                trust_remote_code=args.trust_remote_code)
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_pair)
 
+    choose_activation_checkpointing(cfg, args.max_length or 1024, sequences_per_example=2)
     set_seed(args.seed)  # adapters start from the same random init on every run and resume
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
     ref_model = load_reference_model(cfg.model, cfg.task.ref_model_name_or_path, args.trust_remote_code)

@@ -22,6 +22,7 @@ from finetune_kit.data import load_sft_datasets
 from finetune_kit.data.formats import normalise
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
+from finetune_kit.memory import choose_activation_checkpointing, longest_sequence
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import PretrainConfig
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Every row must hold non-empty text; the row is named otherwise.
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=partial(normalise, fmt="text"))
 
+    choose_activation_checkpointing(cfg, longest_sequence(train_dataset, args.max_length, args.packing))
     set_seed(args.seed)
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
     if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:

@@ -18,6 +18,7 @@ from finetune_kit.config import parse_config
 from finetune_kit.data import load_sft_datasets, normalise_pair
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
+from finetune_kit.memory import choose_activation_checkpointing
 from finetune_kit.models import load_model, load_tokenizer
 from finetune_kit.runs import check_output_dir, clear_output_dir, finish_run
 from finetune_kit.stage_configs import RewardRecipeConfig
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
                                trust_remote_code=args.trust_remote_code)
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_pair)
 
+    choose_activation_checkpointing(cfg, args.max_length or 1024, sequences_per_example=2)
     set_seed(args.seed)  # the new score head starts from the same random init on every run and resume
     # num_labels=1: one scalar reward per sequence. The head reads the last non-pad token, so the model must know pad.
     model = load_model(AutoModelForSequenceClassification, cfg.model, args.trust_remote_code, num_labels=1,

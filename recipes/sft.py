@@ -21,6 +21,8 @@ from finetune_kit.config import config_to_dict, parse_config
 from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
+from finetune_kit.hardware import choose_fast_paths
+from finetune_kit.memory import choose_activation_checkpointing, longest_sequence
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.recipe_configs import SFTRecipeConfig
 from finetune_kit.runs import check_output_dir, clear_output_dir, record_base_model, write_run_files
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_dataset = tokenize_sft_dataset(train_rows, tokenizer)
     eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
 
+    choose_fast_paths(cfg)  # flash attention + padding-free / Liger where installed and safe
+    choose_activation_checkpointing(cfg, longest_sequence(train_dataset, args.max_length, args.packing))
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
     if cfg.run.overwrite_output_dir and resume is None and args.process_index == 0:

@@ -1,4 +1,5 @@
-"""The benchmark harness itself (not a benchmark): both arms run on a tiny model and the JSON holds every field."""
+"""The benchmark harness itself (not a benchmark): both arms of each task run on a tiny model, train the same
+examples, and the JSON holds every field."""
 
 from __future__ import annotations
 
@@ -7,23 +8,72 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_both_arms_run_and_the_json_is_complete(tmp_path, tiny_model_dir):
+def _bench(tmp_path, task: str, model: Path, data: Path, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks", task, "--model", str(model), "--data", str(data),
+                          "--results", str(tmp_path / "results"), *extra], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return json.loads((tmp_path / "results" / f"bench_{task}.json").read_text())
+
+
+def _check_arms(result: dict, baseline: str, steps: int) -> None:
+    assert set(result["arms"]) == {baseline, "ours"} and result["steps"] == steps
+    for arm in result["arms"].values():
+        assert len(arm["losses"]) == steps and arm["tokens_per_second"] > 0 and arm["peak_memory_mb"]["rss"] > 100
+    ratios = result[f"ratios_ours_over_{baseline}"]
+    assert set(ratios) >= {"tokens_per_second", "peak_memory", "mean_train_loss", "trained_tokens"}
+    # One epoch over the same subset: both arms train exactly the same (non-padding) tokens.
+    assert ratios["trained_tokens"] == 1.0
+    assert result["command"].startswith(f"python -m benchmarks {result['settings']['task']}")
+    assert result["versions"]["transformers"] and result["machine"]["cores"]
+
+
+def test_sft_arms(tmp_path, tiny_model_dir):
     rows = [{"instruction": f"Say the number {i}.", "input": "" if i % 2 else "digits please",
              "output": f"The number is {i}. " * (1 + i % 4)} for i in range(24)]
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(rows))
+    result = _bench(tmp_path, "sft", tiny_model_dir, data, "--examples", "12", "--eval_examples", "4", "--batch", "2",
+                    "--accumulation", "2", "--max_length", "64")
+    _check_arms(result, "trl-default", 3)
+    assert all(arm["heldout_loss"] > 0 for arm in result["arms"].values())
+
+
+def test_dpo_arms(tmp_path, tiny_model_dir):
+    rows = [{"prompt": f"Pick a number near {i}.", "chosen": f"{i + 1}", "rejected": "I will not."}
+            for i in range(12)]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(rows))
+    result = _bench(tmp_path, "dpo", tiny_model_dir, data, "--examples", "8", "--eval_examples", "0", "--batch", "2",
+                    "--accumulation", "2", "--max_length", "64")
+    _check_arms(result, "trl-default", 2)
+
+
+def test_text_classification_arms(tmp_path, tiny_bert_dir):
+    data = tmp_path / "sst.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{'good fun film' if i % 2 else 'dull flat mess'} number {i}\t{i % 2}\n"
+                                              for i in range(40)))
+    result = _bench(tmp_path, "text_classification", tiny_bert_dir, data, "--examples", "32", "--eval_examples", "8",
+                    "--batch", "8", "--accumulation", "1", "--max_length", "32")
+    _check_arms(result, "transformers-default", 4)
+    assert all(0 <= arm["heldout_accuracy"] <= 1 for arm in result["arms"].values())
+
+
+def test_too_few_rows_is_a_clear_error(tmp_path, tiny_model_dir):
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": "a", "output": "b"}] * 3))
     out = subprocess.run([sys.executable, "-m", "benchmarks", "sft", "--model", str(tiny_model_dir), "--data",
-                          str(data), "--steps", "3", "--batch", "2", "--accumulation", "2", "--max_length", "64",
-                          "--results", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "results" / "bench_sft.json").read_text())
-    assert set(result["arms"]) == {"trl-default", "ours"}
-    for arm in result["arms"].values():
-        assert len(arm["losses"]) == 3 and arm["trained_tokens"] > 0 and arm["tokens_per_second"] > 0
-        assert arm["peak_memory_mb"]["rss"] > 100
-    assert set(result["ratios_ours_over_baseline"]) >= {"tokens_per_second", "peak_rss", "final_loss"}
-    assert result["command"].startswith("python -m benchmarks sft") and result["versions"]["trl"]
+                          str(data), "--examples", "8"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "has 3 rows" in out.stderr
+
+
+@pytest.mark.parametrize("task", ["sft", "dpo", "text_classification"])
+def test_default_data_is_named_when_missing(tmp_path, task):
+    out = subprocess.run([sys.executable, "-m", "benchmarks", task, "--data", str(tmp_path / "none.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "benchmark data not found" in out.stderr

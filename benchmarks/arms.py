@@ -1,0 +1,262 @@
+"""The arms of `python -m benchmarks`: for each task, the plain library baseline and our recipe, plus the shared
+data subset and held-out scoring that make the two comparable.
+
+Each arm trains one epoch over the same training subset (so the same examples, trained tokens and step count), then
+is scored by the same function on the same held-out rows. A baseline is what a user of the library writes first:
+only what the comparison fixes (data, epoch, batch, accumulation, max length, LoRA shape, learning rate, seed) is
+set, plus `use_cpu` where there is no GPU (trl's bf16 default refuses to start on a CPU otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
+
+
+# ---- data: one seeded subset, written once, read by both arms ----
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".tsv":
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle, delimiter="\t"))
+    return json.loads(path.read_text())
+
+
+def write_subsets(data: Path, examples: int, eval_examples: int, seed: int, folder: Path) -> tuple[Path, Path]:
+    """The first `examples` rows of a seeded shuffle for training, the next `eval_examples` held out."""
+    rows = _read_rows(data)
+    random.Random(seed).shuffle(rows)
+    if len(rows) < examples + eval_examples:
+        raise SystemExit(f"{data} has {len(rows)} rows; --examples {examples} + --eval_examples {eval_examples} "
+                         "do not fit")
+    paths = []
+    for name, part in (("train", rows[:examples]), ("eval", rows[examples:examples + eval_examples])):
+        path = folder / f"{name}{data.suffix}"
+        if data.suffix == ".tsv":
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(part[0]), delimiter="\t")
+                writer.writeheader()
+                writer.writerows(part)
+        else:
+            path.write_text(json.dumps(part))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _normalised(path: Path, normaliser) -> list[dict]:
+    """Rows exactly as our recipes read them, so both arms train on the same text."""
+    return [normaliser(row, f"{path} row {i}") for i, row in enumerate(_read_rows(path), 1)]
+
+
+def _alpaca(path: Path) -> list[dict]:
+    from finetune_kit.data.formats import normalise
+
+    return _normalised(path, lambda row, where: normalise(row, "alpaca", where))
+
+
+def _pairs(path: Path) -> list[dict]:
+    from finetune_kit.data import normalise_pair
+
+    return _normalised(path, normalise_pair)
+
+
+def _log(log_history: list[dict], runtime: float, trained_tokens: float | None = None) -> dict:
+    losses = [row["loss"] for row in log_history if "loss" in row]
+    tokens = trained_tokens or max((row.get("num_tokens", 0) for row in log_history), default=0)
+    from finetune_kit.runs import peak_memory_mb
+
+    return {"train_runtime": runtime, "trained_tokens": tokens, "tokens_per_second": tokens / runtime,
+            "mean_train_loss": sum(losses) / len(losses), "losses": losses, "peak_memory_mb": peak_memory_mb()}
+
+
+def _trl_args(config_class, opts):
+    """A trl config with only what the comparison fixes set (and use_cpu without a GPU: trl's bf16 needs it)."""
+    import torch
+
+    return config_class(output_dir=opts.out, num_train_epochs=1, per_device_train_batch_size=opts.batch,
+                        gradient_accumulation_steps=opts.accumulation, max_length=opts.max_length,
+                        learning_rate=opts.learning_rate, seed=opts.seed, logging_steps=1, save_strategy="no",
+                        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+
+
+def _ours(recipe: str, argv: list[str]) -> tuple[dict, list[dict]]:
+    from finetune_kit.cli import load_recipe
+
+    metrics = load_recipe(recipe).main([*argv, "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy",
+                                        "no", "--report_to", "none", "--report", "false", "--disable_tqdm", "true",
+                                        "--overwrite_output_dir", "true"])
+    out = argv[argv.index("--output_dir") + 1]
+    return metrics, json.loads((Path(out) / "log_history.json").read_text())
+
+
+def _fixed(opts) -> list[str]:
+    return ["--dataset_name", str(opts.train_file), "--output_dir", opts.out, "--per_device_train_batch_size",
+            str(opts.batch), "--gradient_accumulation_steps", str(opts.accumulation), "--learning_rate",
+            str(opts.learning_rate), "--seed", str(opts.seed)]
+
+
+def _lora_args() -> list[str]:
+    return ["--use_peft", "true", "--lora_target_modules", "all-linear", *[f"--{k}={v}" for k, v in LORA.items()]]
+
+
+def _peft():
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+# ---- SFT: SFTTrainer defaults vs recipes/sft.py ----
+
+def response_loss(model, tokenizer, rows: list[dict], max_length: int) -> float:
+    """Mean per-token loss on the assistant replies of held-out conversations (the prompt given), fp32."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    for row in rows:
+        messages = row["messages"]
+        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:max_length]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]
+        labels = list(full)
+        labels[:len(prompt)] = [-100] * min(len(prompt), len(full))
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
+        n = sum(1 for t in labels[1:] if t != -100)
+        total, count = total + out.loss.item() * n, count + n
+    return total / max(count, 1)
+
+
+def sft_baseline(opts) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune_kit.models import resolve_checkpoint
+
+    args = _trl_args(SFTConfig, opts)
+    model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_alpaca(opts.train_file)),
+                         peft_config=_peft())
+    result = trainer.train()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
+    summary = _log(trainer.state.log_history, result.metrics["train_runtime"])
+    summary["heldout_loss"] = response_loss(trainer.model.float(), tokenizer, _alpaca(opts.eval_file), opts.max_length)
+    return summary
+
+
+def sft_ours(opts) -> dict:
+    from finetune_kit.models import load_for_inference
+
+    metrics, log_history = _ours("sft", ["--model_name_or_path", opts.model, *_fixed(opts), *_lora_args(),
+                                         "--max_length", str(opts.max_length), "--eval_split_ratio", "0"])
+    summary = _log(log_history, metrics["train_runtime"])
+    model, tokenizer = load_for_inference(opts.out)  # base (an embedded name too) + the adapter
+    summary["heldout_loss"] = response_loss(model, tokenizer, _alpaca(opts.eval_file), opts.max_length)
+    return summary
+
+
+# ---- DPO: DPOTrainer defaults vs recipes/dpo.py (both LoRA: the reference is the adapter-free base) ----
+
+def dpo_baseline(opts) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from finetune_kit.models import resolve_checkpoint
+
+    args = _trl_args(DPOConfig, opts)
+    model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs(opts.train_file)),
+                         processing_class=tokenizer, peft_config=_peft())
+    result = trainer.train()
+    return _log(trainer.state.log_history, result.metrics["train_runtime"])
+
+
+def dpo_ours(opts) -> dict:
+    metrics, log_history = _ours("dpo", ["--model_name_or_path", opts.model, *_fixed(opts), *_lora_args(),
+                                         "--max_length", str(opts.max_length), "--eval_split_ratio", "0"])
+    return _log(log_history, metrics["train_runtime"])
+
+
+# ---- text classification: transformers Trainer defaults vs recipes/text_classification.py ----
+
+def _sst2(path: Path) -> tuple[list[str], list[int]]:
+    rows = _read_rows(path)
+    return [r["text"] for r in rows], [int(r["label"]) for r in rows]
+
+
+def classifier_scores(model, tokenizer, path: Path, max_length: int) -> dict:
+    """Held-out cross-entropy and accuracy, 32 rows at a time."""
+    import torch
+
+    texts, labels = _sst2(path)
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(texts), 32):
+        batch = tokenizer(texts[i:i + 32], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        target = torch.tensor(labels[i:i + 32])
+        with torch.no_grad():
+            logits = model(**batch).logits
+        loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(-1) == target).sum().item()
+    return {"heldout_loss": loss / len(texts), "heldout_accuracy": correct / len(texts)}
+
+
+def _classifier_tokens(opts, tokenizer) -> int:
+    texts, _ = _sst2(opts.train_file)
+    return sum(min(len(ids), opts.max_length) for ids in tokenizer(texts)["input_ids"])
+
+
+def text_classification_baseline(opts) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    from finetune_kit.models import resolve_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
+    texts, labels = _sst2(opts.train_file)
+    train = Dataset.from_dict({"text": texts, "label": labels}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=opts.max_length), batched=True)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_checkpoint(opts.model), num_labels=2)
+    args = TrainingArguments(output_dir=opts.out, num_train_epochs=1, per_device_train_batch_size=opts.batch,
+                             gradient_accumulation_steps=opts.accumulation, learning_rate=opts.learning_rate,
+                             seed=opts.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    result = trainer.train()
+    summary = _log(trainer.state.log_history, result.metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
+    return {**summary, **classifier_scores(trainer.model, tokenizer, opts.eval_file, opts.max_length)}
+
+
+def text_classification_ours(opts) -> dict:
+    from finetune_kit.models import load_for_inference
+
+    metrics, log_history = _ours("text_classification", [
+        "--model_name_or_path", opts.model, *_fixed(opts), "--label_column", "label", "--max_length",
+        str(opts.max_length), "--eval_split_ratio", "0", "--test_split_ratio", "0"])
+    model, tokenizer = load_for_inference(opts.out)
+    summary = _log(log_history, metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
+    return {**summary, **classifier_scores(model, tokenizer, opts.eval_file, opts.max_length)}
+
+
+# task: (baseline name, arms, default settings)
+TASKS = {
+    "sft": ("trl-default", {"trl-default": sft_baseline, "ours": sft_ours},
+            dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "alpaca_en_demo.json",
+                 examples=16, eval_examples=16, batch=2, accumulation=2, max_length=512, learning_rate=2e-4)),
+    "dpo": ("trl-default", {"trl-default": dpo_baseline, "ours": dpo_ours},
+            dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "dpo_en_demo.json",
+                 examples=8, eval_examples=0, batch=2, accumulation=2, max_length=512, learning_rate=5e-5)),
+    "text_classification": ("transformers-default", {"transformers-default": text_classification_baseline,
+                                                     "ours": text_classification_ours},
+                            dict(model="minilm-l6", data=SHARED / "sst2" / "train.tsv", examples=4096,
+                                 eval_examples=1024, batch=32, accumulation=1, max_length=128, learning_rate=1e-4)),
+}
