@@ -247,6 +247,48 @@ def text_classification_ours(opts) -> dict:
     return {**summary, **classifier_scores(model, tokenizer, opts.eval_file, opts.max_length)}
 
 
+# ---- QLoRA memory: our SFT recipe with fp32 / bf16 LoRA vs 4-bit NF4 QLoRA on the same ~1B model ----
+
+RANDOM_1B = "random-llama-1b"
+
+
+def model_folder(name: str) -> str:
+    """`random-llama-1b`: a TinyLlama-1.1B-shaped Llama with random weights and SmolLM2's tokenizer (its chat
+    template), built once into ~/.cache/finetune_kit/bench (bf16 on disk, 2.4 GB); anything else is passed on."""
+    if name != RANDOM_1B:
+        return name
+    folder = Path.home() / ".cache" / "finetune_kit" / "bench" / RANDOM_1B
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        from finetune_kit.models import resolve_checkpoint
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("smollm2-135m-instruct"))
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                             num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                             tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder.with_suffix(".partial"))
+        tokenizer.save_pretrained(folder.with_suffix(".partial"))
+        folder.with_suffix(".partial").rename(folder)
+    return str(folder)
+
+
+def _sft_lora(opts, *extra: str) -> dict:
+    metrics, log_history = _ours("sft", ["--model_name_or_path", model_folder(opts.model), *_fixed(opts),
+                                         *_lora_args(), "--max_length", str(opts.max_length), "--eval_split_ratio",
+                                         "0", *extra])
+    return _log(log_history, metrics["train_runtime"])
+
+
+QLORA_ARMS = {"lora-fp32": lambda opts: _sft_lora(opts, "--dtype", "float32"),
+              "lora-bf16": lambda opts: _sft_lora(opts, "--dtype", "bfloat16"),
+              "qlora-4bit": lambda opts: _sft_lora(opts, "--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4",
+                                                   "--use_bnb_nested_quant", "true")}
+
+
 # task: (baseline name, arms, default settings)
 TASKS = {
     "sft": ("trl-default", {"trl-default": sft_baseline, "ours": sft_ours},
@@ -259,4 +301,7 @@ TASKS = {
                                                      "ours": text_classification_ours},
                             dict(model="minilm-l6", data=SHARED / "sst2" / "train.tsv", examples=4096,
                                  eval_examples=1024, batch=32, accumulation=1, max_length=128, learning_rate=1e-4)),
+    "qlora": ("lora-fp32", QLORA_ARMS,
+              dict(model=RANDOM_1B, data=SHARED / "llamafactory_demo" / "alpaca_en_demo.json", examples=2,
+                   eval_examples=0, batch=1, accumulation=1, max_length=256, learning_rate=2e-4)),
 }

@@ -83,25 +83,29 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as data_dir:
         files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(data_dir))
         arms = {arm: run_arm(opts.task, arm, opts, files) for arm in arms_of_task}
-    base, ours = arms[baseline], arms["ours"]
-    ratios = {"tokens_per_second": ours["tokens_per_second"] / base["tokens_per_second"],
-              "peak_memory": _peak(ours) / _peak(base),
-              "trained_tokens": ours["trained_tokens"] / max(base["trained_tokens"], 1),
-              "mean_train_loss": ours["mean_train_loss"] / base["mean_train_loss"]}
-    if "heldout_loss" in base:
-        ratios["heldout_loss"] = ours["heldout_loss"] / base["heldout_loss"]
+    ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in arms if arm != baseline}
     settings = {k: v for k, v in vars(opts).items()
                 if k not in ("argv", "arm", "result", "out", "train_file", "eval_file")}
     result = {"name": f"bench_{opts.task}", "command": "python -m benchmarks " + " ".join(argv),
               "settings": settings, "steps": opts.examples // (opts.batch * opts.accumulation), "arms": arms,
-              f"ratios_ours_over_{baseline}": ratios,
+              **ratios,
               "machine": machine(), "versions": package_versions(), "git_revision": git_revision()}
     out = Path(opts.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bench_{opts.task}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({f"ratios_ours_over_{baseline}": ratios,
+    print(json.dumps({**ratios,
                       **{arm: {k: v for k, v in s.items() if k != "losses"} for arm, s in arms.items()}}, indent=2))
     return result
+
+
+def _ratios(arm: dict, base: dict) -> dict:
+    ratios = {"tokens_per_second": arm["tokens_per_second"] / base["tokens_per_second"],
+              "peak_memory": _peak(arm) / _peak(base),
+              "trained_tokens": arm["trained_tokens"] / max(base["trained_tokens"], 1),
+              "mean_train_loss": arm["mean_train_loss"] / base["mean_train_loss"]}
+    if "heldout_loss" in base:
+        ratios["heldout_loss"] = arm["heldout_loss"] / base["heldout_loss"]
+    return ratios
 
 
 def _peak(summary: dict) -> float:

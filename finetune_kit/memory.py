@@ -124,6 +124,11 @@ def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example:
     args = cfg.training
     if not getattr(args, "activation_checkpointing_auto", False):
         return
+    # FSDP recomputes block activations itself (fsdp_activation_checkpointing, set by `accelerate launch` from the
+    # launcher config); transformers refuses both at once.
+    if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true" or \
+            (args.fsdp_config or {}).get("activation_checkpointing"):
+        return
     from transformers import AutoConfig
 
     from finetune_kit.models import resolve_checkpoint

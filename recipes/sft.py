@@ -18,7 +18,7 @@ from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
 from finetune_kit.config import config_to_dict, parse_config
-from finetune_kit.data import load_sft_datasets, tokenize_sft_dataset
+from finetune_kit.data import load_sft_datasets, require_replies_within, tokenize_sft_dataset
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.hardware import choose_fast_paths
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed)
     train_dataset = tokenize_sft_dataset(train_rows, tokenizer)
     eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
+    require_replies_within(train_dataset, args.max_length, cfg.data.dataset_name)
 
     choose_fast_paths(cfg)  # flash attention + padding-free / Liger where installed and safe
     choose_activation_checkpointing(cfg, longest_sequence(train_dataset, args.max_length, args.packing))

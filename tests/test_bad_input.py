@@ -62,10 +62,12 @@ def case(tmp_path, name):
         return {"output_dir": str(tmp_path / "out")}, r"output_dir .*out already holds a finished run"
     if name == "non-empty output dir":
         return {"output_dir": str(tmp_path / "out")}, r"output_dir .*out already holds files from an earlier run"
+    if name == "every reply truncated away":  # the chat template's system prompt alone is longer than 8 tokens
+        return {"max_length": 8}, r"train\.jsonl: no training row keeps a reply token within max_length 8"
     raise KeyError(name)
 
 
-CASES = ["missing file", "empty dataset", "malformed json line", "unknown format", "missing column",
+CASES = ["every reply truncated away", "missing file", "empty dataset", "malformed json line", "unknown format", "missing column",
          "unknown config key", "missing model", "finished run", "non-empty output dir"]
 
 

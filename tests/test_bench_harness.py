@@ -77,3 +77,14 @@ def test_default_data_is_named_when_missing(tmp_path, task):
     out = subprocess.run([sys.executable, "-m", "benchmarks", task, "--data", str(tmp_path / "none.json")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "benchmark data not found" in out.stderr
+
+
+def test_qlora_memory_arms(tmp_path, tiny_model_dir):
+    rows = [{"instruction": f"Say the number {i}.", "output": f"The number is {i}."} for i in range(4)]
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(rows))
+    result = _bench(tmp_path, "qlora", tiny_model_dir, data, "--examples", "2", "--eval_examples", "0",
+                    "--max_length", "96")
+    assert set(result["arms"]) == {"lora-fp32", "lora-bf16", "qlora-4bit"} and result["steps"] == 2
+    for arm in ("lora-bf16", "qlora-4bit"):
+        assert result[f"ratios_{arm}_over_lora-fp32"]["peak_memory"] > 0

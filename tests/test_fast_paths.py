@@ -116,3 +116,26 @@ def test_fast_paths_follow_the_hardware(tmp_path):
                                          "--attn_implementation", "flash_attention_2", "--packing", "false"])
     choose_fast_paths(cfg)
     assert not cfg.training.packing  # the user's choice stands
+
+
+def test_activation_checkpointing_follows_the_memory_estimate(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from finetune_kit.config import parse_config
+    from finetune_kit.memory import choose_activation_checkpointing
+    from finetune_kit.recipe_configs import SFTRecipeConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
+
+    def decide(*flags, seq=512):
+        cfg = parse_config(SFTRecipeConfig, ["--model_name_or_path", str(tiny_model_dir), "--dataset_name",
+                                             str(data), "--output_dir", str(tmp_path / "o"), *flags])
+        choose_activation_checkpointing(cfg, seq)
+        return cfg.training.activation_checkpointing, cfg.training.gradient_checkpointing
+
+    assert decide("--per_device_train_batch_size", "2") == (False, False)  # activations << weights + runtime
+    assert "activation checkpointing off (auto)" in capsys.readouterr().out
+    assert decide("--per_device_train_batch_size", "512") == (True, True)  # activations dominate: recompute
+    assert "activation checkpointing on (auto)" in capsys.readouterr().out
+    assert decide("--per_device_train_batch_size", "512", "--activation_checkpointing", "false") == (False, False)
+    assert decide("--per_device_train_batch_size", "2", "--gradient_checkpointing", "true") == (True, True)
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")  # FSDP recomputes blocks itself
+    assert decide("--per_device_train_batch_size", "512") == (False, False)

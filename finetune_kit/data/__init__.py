@@ -94,3 +94,11 @@ def tokenize_sft_dataset(dataset: Dataset, tokenizer) -> Dataset:
         remove_columns=dataset.column_names,
         desc="Tokenizing conversations",
     )
+
+
+def require_replies_within(dataset: Dataset, max_length: int | None, where: str) -> None:
+    """Before weights load: trl drops rows whose reply truncation cuts off entirely; all of them is a data error."""
+    if max_length and "assistant_masks" in dataset.column_names and \
+            not any(any(mask[:max_length]) for mask in dataset["assistant_masks"]):
+        raise DataError(f"{where}: no training row keeps a reply token within max_length {max_length}; raise "
+                        "max_length (`finetune-kit check` shows the lengths).")
