@@ -118,7 +118,7 @@ def check(argv: list[str] | None) -> int:
 def memory_warnings(cfg, name: str, lengths: list[int]) -> list[str]:
     from transformers import AutoConfig
 
-    from finetune_kit.memory import GIB, available_memory, estimate
+    from finetune_kit.memory import GIB, available_memory, choose_activation_checkpointing, estimate
 
     args = cfg.training
     longest = max(lengths)
@@ -132,6 +132,8 @@ def memory_warnings(cfg, name: str, lengths: list[int]) -> list[str]:
             seq = args.max_length or longest
     model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                               trust_remote_code=args.trust_remote_code)
+    if name not in ("ppo", "grpo"):  # the recipe's own choice, printed, so the estimate below matches the run
+        choose_activation_checkpointing(cfg, seq, sequences_per_example=2 if name in ("reward", "dpo") else 1)
     result = estimate(model_config, cfg.model, batch, seq, bool(args.bf16),
                       bool(getattr(args, "gradient_checkpointing", False)),
                       sequences_per_example=2 if name in ("reward", "dpo", "kto") else 1)
