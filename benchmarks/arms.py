@@ -66,13 +66,42 @@ def _pairs(path: Path) -> list[dict]:
     return _normalised(path, normalise_pair)
 
 
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS count (VmHWM) so that it covers training only, not loading: a load reads the
+    whole checkpoint (16-bit on disk, then quantized) and that transient would hide what training holds."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def training_peak_rss_mb() -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024, 1)
+
+
+def _reset_callback():
+    """A Trainer callback for the recipe arms: the training peak starts with training."""
+    from transformers import TrainerCallback
+
+    class ResetPeakAtTrainBegin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            reset_peak_rss()
+
+    return ResetPeakAtTrainBegin()
+
+
 def _log(log_history: list[dict], runtime: float, trained_tokens: float | None = None) -> dict:
     losses = [row["loss"] for row in log_history if "loss" in row]
     tokens = trained_tokens or max((row.get("num_tokens", 0) for row in log_history), default=0)
     from finetune_kit.runs import peak_memory_mb
 
+    memory = {**peak_memory_mb(), "rss_training": training_peak_rss_mb()}
     return {"train_runtime": runtime, "trained_tokens": tokens, "tokens_per_second": tokens / runtime,
-            "mean_train_loss": sum(losses) / len(losses), "losses": losses, "peak_memory_mb": peak_memory_mb()}
+            "mean_train_loss": sum(losses) / len(losses), "losses": losses, "peak_memory_mb": memory}
 
 
 def _trl_args(config_class, opts):
@@ -87,10 +116,12 @@ def _trl_args(config_class, opts):
 
 def _ours(recipe: str, argv: list[str]) -> tuple[dict, list[dict]]:
     from finetune_kit.cli import load_recipe
+    from finetune_kit.trainer_setup import driver_callbacks
 
-    metrics = load_recipe(recipe).main([*argv, "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy",
+    with driver_callbacks(_reset_callback()):
+        metrics = load_recipe(recipe).main([*argv, "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy",
                                         "no", "--report_to", "none", "--report", "false", "--disable_tqdm", "true",
-                                        "--overwrite_output_dir", "true"])
+                                            "--overwrite_output_dir", "true"])
     out = argv[argv.index("--output_dir") + 1]
     return metrics, json.loads((Path(out) / "log_history.json").read_text())
 
@@ -145,6 +176,7 @@ def sft_baseline(opts) -> dict:
     model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_alpaca(opts.train_file)),
                          peft_config=_peft())
+    reset_peak_rss()
     result = trainer.train()
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
     summary = _log(trainer.state.log_history, result.metrics["train_runtime"])
@@ -177,6 +209,7 @@ def dpo_baseline(opts) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs(opts.train_file)),
                          processing_class=tokenizer, peft_config=_peft())
+    reset_peak_rss()
     result = trainer.train()
     return _log(trainer.state.log_history, result.metrics["train_runtime"])
 
@@ -231,6 +264,7 @@ def text_classification_baseline(opts) -> dict:
                              gradient_accumulation_steps=opts.accumulation, learning_rate=opts.learning_rate,
                              seed=opts.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    reset_peak_rss()
     result = trainer.train()
     summary = _log(trainer.state.log_history, result.metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
     return {**summary, **classifier_scores(trainer.model, tokenizer, opts.eval_file, opts.max_length)}
@@ -285,8 +319,9 @@ def _sft_lora(opts, *extra: str) -> dict:
 
 QLORA_ARMS = {"lora-fp32": lambda opts: _sft_lora(opts, "--dtype", "float32"),
               "lora-bf16": lambda opts: _sft_lora(opts, "--dtype", "bfloat16"),
+              # fp32 compute and unquantized parts (embeddings, norms), as the fp32 arm: only the 4-bit linears differ
               "qlora-4bit": lambda opts: _sft_lora(opts, "--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4",
-                                                   "--use_bnb_nested_quant", "true")}
+                                                   "--use_bnb_nested_quant", "true", "--dtype", "float32")}
 
 
 # task: (baseline name, arms, default settings)

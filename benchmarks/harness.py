@@ -59,6 +59,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=defaults.get("learning_rate"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--arms", help="comma-separated subset of the task's arms (the baseline is always run)")
     for internal in ("--arm", "--result", "--out", "--train_file", "--eval_file"):  # one arm in this process
         parser.add_argument(internal, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as data_dir:
         files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(data_dir))
-        arms = {arm: run_arm(opts.task, arm, opts, files) for arm in arms_of_task}
+        chosen = [baseline] + [a for a in arms_of_task if a != baseline and (not opts.arms or a in opts.arms.split(","))]
+        arms = {arm: run_arm(opts.task, arm, opts, files) for arm in chosen}
     ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in arms if arm != baseline}
     settings = {k: v for k, v in vars(opts).items()
                 if k not in ("argv", "arm", "result", "out", "train_file", "eval_file")}
@@ -103,6 +105,8 @@ def _ratios(arm: dict, base: dict) -> dict:
               "peak_memory": _peak(arm) / _peak(base),
               "trained_tokens": arm["trained_tokens"] / max(base["trained_tokens"], 1),
               "mean_train_loss": arm["mean_train_loss"] / base["mean_train_loss"]}
+    if arm["peak_memory_mb"].get("rss_training") and base["peak_memory_mb"].get("rss_training"):
+        ratios["peak_rss_training"] = arm["peak_memory_mb"]["rss_training"] / base["peak_memory_mb"]["rss_training"]
     if "heldout_loss" in base:
         ratios["heldout_loss"] = arm["heldout_loss"] / base["heldout_loss"]
     return ratios

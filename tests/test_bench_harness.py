@@ -25,6 +25,9 @@ def _check_arms(result: dict, baseline: str, steps: int) -> None:
     assert set(result["arms"]) == {baseline, "ours"} and result["steps"] == steps
     for arm in result["arms"].values():
         assert len(arm["losses"]) == steps and arm["tokens_per_second"] > 0 and arm["peak_memory_mb"]["rss"] > 100
+        # the training-only peak (reset when training starts) is not above the whole process's peak (the kernel's
+        # VmHWM includes the current RSS, getrusage's figure can lag it by a page or two)
+        assert 0 < arm["peak_memory_mb"]["rss_training"] <= arm["peak_memory_mb"]["rss"] * 1.01
     ratios = result[f"ratios_ours_over_{baseline}"]
     assert set(ratios) >= {"tokens_per_second", "peak_memory", "mean_train_loss", "trained_tokens"}
     # One epoch over the same subset: both arms train exactly the same (non-padding) tokens.
