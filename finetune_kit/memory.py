@@ -133,9 +133,12 @@ def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example:
 
     from finetune_kit.models import resolve_checkpoint
 
-    model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
-                                              revision=cfg.model.model_revision,
-                                              trust_remote_code=args.trust_remote_code)
+    try:
+        model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
+                                                  revision=cfg.model.model_revision,
+                                                  trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError):
+        return  # unreadable config: the model load right after reports it, with the recipe's own clear error
     result = estimate(model_config, cfg.model, args.per_device_train_batch_size, seq_length, bool(args.bf16), False,
                       sequences_per_example=sequences_per_example)
     rest = result.total - result.activations
