@@ -22,10 +22,10 @@ LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
 # ---- data: one seeded subset, written once, read by both arms ----
 
 def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".tsv":
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle, delimiter="\t"))
-    return json.loads(path.read_text())
+    """The rows as our recipes read them (finetune_kit's reader: unquoted TSV, JSON / JSON lines)."""
+    from finetune_kit.data.readers import read_file
+
+    return [row for _, row in read_file(path)]
 
 
 def write_subsets(data: Path, examples: int, eval_examples: int, seed: int, folder: Path) -> tuple[Path, Path]:
@@ -38,9 +38,10 @@ def write_subsets(data: Path, examples: int, eval_examples: int, seed: int, fold
     paths = []
     for name, part in (("train", rows[:examples]), ("eval", rows[examples:examples + eval_examples])):
         path = folder / f"{name}{data.suffix}"
-        if data.suffix == ".tsv":
+        if data.suffix == ".tsv":  # unquoted, as read: a field holding a tab or newline is an error, not a quote
             with path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(part[0]), delimiter="\t")
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", quoting=csv.QUOTE_NONE,
+                                        quotechar=None, lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(part)
         else:

@@ -1,6 +1,7 @@
 """Side-by-side benchmark: plain trl / transformers with their defaults vs our recipe with its defaults.
 
-    python -m benchmarks sft | dpo | text_classification [--examples N ...]     # make bench runs all three
+    python -m benchmarks sft | dpo | text_classification [--examples N ...]     # make bench runs these three
+    python -m benchmarks qlora [--arms qlora-4bit]     # fp32 / bf16 LoRA vs QLoRA, all ours, on a random 1.2B Llama
     python -m benchmarks sft --model <dir> --data <file> --examples 8 --max_length 64   # the smoke test's tiny run
 
 Each arm runs in its own process (peak memory is per process), one after the other, on the same model, seed,

@@ -8,8 +8,8 @@ The Trainer builds a checkpoint's path from `_get_output_dir()`; while a save ru
 `<output_dir>/.checkpoint-staging`, so weights, optimizer, scheduler, RNG and trainer state all land there. Then the
 main process renames the finished folder to `<output_dir>/checkpoint-N` (one rename on one filesystem: atomic) and
 rotates old checkpoints (`save_total_limit`) in the real run folder. Leftovers of a killed save are cleared when the
-next run prepares its trainer and never look like a checkpoint to `resume_from_checkpoint: latest`. Methods are set on the instance, so
-this composes with any trainer class, subclassed or not.
+next run prepares its trainer and never look like a checkpoint to `resume_from_checkpoint: latest`. Methods are set
+on the instance, so this composes with any trainer class, subclassed or not.
 """
 
 from __future__ import annotations

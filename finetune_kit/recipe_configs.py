@@ -17,6 +17,13 @@ from finetune_kit.config import DataArguments, ModelArguments, RunArguments, reg
 from finetune_kit.hardware import bf16_is_fast, has_accelerator
 
 
+def length_grouped_sampling():
+    """The `train_sampling_strategy` field of recipes whose rows vary in length (one field object per class)."""
+    return field(default="group_by_length", metadata={
+        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
+                "batch_rebalance."})
+
+
 @dataclass
 class TrlMachineDefaults:
     """Mixed into trl's configs (SFT, reward, DPO, KTO, GRPO): defaults that suit the machine, not a recent GPU."""
@@ -44,9 +51,7 @@ class SFTTrainingArguments(TrlMachineDefaults, SFTConfig):
 
     # Chat / instruction rows vary a lot in length; batching similar lengths together cuts the padding that a random
     # sampler computes on (benchmarks/results/bench_sft.json). `random` restores trl's order.
-    train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
-                "batch_rebalance."})
+    train_sampling_strategy: str = length_grouped_sampling()
     # Unset (None) = chosen by hardware.choose_fast_paths once the attention implementation is known.
     packing: bool | None = field(default=None, metadata={
         "help": "Pack examples into rows of max_length tokens (packing_strategy bfd: best-fit, padding-free, "
@@ -95,9 +100,7 @@ class TextTaskTrainingArguments(ClassifierTrainingArguments):
     """For text classification and tagging: batches of similar lengths by default (dynamic padding then pads
     little: benchmarks/results/bench_text_classification.json). Images and QA windows have one size: no gain there."""
 
-    train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
-                "batch_rebalance."})
+    train_sampling_strategy: str = length_grouped_sampling()
 
 
 @dataclass

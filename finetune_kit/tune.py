@@ -105,7 +105,7 @@ def parse_tune(block: Any, where: str, known: list[str]) -> dict[str, Any]:
     if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
         raise ConfigError(f"{where}: tune.trials must be a whole number >= 1, got {trials!r}.")
     return {"metric": str(block["metric"]).removeprefix("eval_"), "direction": direction,
-            "trials": block.get("trials"), "pruning": pruning, "space": parse_space(block.get("space"), known, where)}
+            "trials": trials, "pruning": pruning, "space": parse_space(block.get("space"), known, where)}
 
 
 def sample(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
