@@ -146,24 +146,31 @@ def _peft():
 
 # ---- SFT: SFTTrainer defaults vs recipes/sft.py ----
 
-def response_loss(model, tokenizer, rows: list[dict], max_length: int) -> float:
-    """Mean per-token loss on the assistant replies of held-out conversations (the prompt given), fp32."""
+def reply_logprob(model, tokenizer, prompt, reply, max_length: int) -> tuple[float, int]:
+    """Summed log-probability of `reply` given `prompt` (both text, or both chat turns rendered with the chat
+    template), truncated to max_length, and its token count."""
     import torch
 
-    total, count = 0.0, 0
+    if isinstance(prompt, str):
+        full = tokenizer(prompt + reply)["input_ids"][:max_length]
+        prompt_ids = tokenizer(prompt)["input_ids"]
+    else:
+        full = tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"][:max_length]
+        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                   return_dict=True)["input_ids"]
+    labels = list(full)
+    labels[:len(prompt_ids)] = [-100] * min(len(prompt_ids), len(full))
+    n = sum(1 for t in labels[1:] if t != -100)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
+    return -out.loss.item() * n, n
+
+
+def response_loss(model, tokenizer, rows: list[dict], max_length: int) -> float:
+    """Mean per-token loss on the assistant replies of held-out conversations (the prompt given), fp32."""
     model.eval()
-    for row in rows:
-        messages = row["messages"]
-        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:max_length]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
-                                               return_dict=True)["input_ids"]
-        labels = list(full)
-        labels[:len(prompt)] = [-100] * min(len(prompt), len(full))
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
-        n = sum(1 for t in labels[1:] if t != -100)
-        total, count = total + out.loss.item() * n, count + n
-    return total / max(count, 1)
+    scored = [reply_logprob(model, tokenizer, row["messages"][:-1], row["messages"][-1:], max_length) for row in rows]
+    return -sum(logp for logp, _ in scored) / max(sum(n for _, n in scored), 1)
 
 
 def sft_baseline(opts) -> dict:
@@ -198,6 +205,33 @@ def sft_ours(opts) -> dict:
 
 # ---- DPO: DPOTrainer defaults vs recipes/dpo.py (both LoRA: the reference is the adapter-free base) ----
 
+def preference_scores(model, opts) -> dict:
+    """Held-out DPO loss (sigmoid, beta 0.1: trl's default) and reward accuracy of the trained policy against the
+    untrained base as the reference, on the same pairs for every arm; none without held-out pairs."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_kit.models import resolve_checkpoint
+
+    pairs = _pairs(opts.eval_file)
+    if not pairs:
+        return {}
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
+    reference = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model)).eval()
+    model.float().eval()
+    losses, wins = [], 0
+    for pair in pairs:
+        margin = 0.0
+        for side, sign in (("chosen", 1), ("rejected", -1)):
+            policy = reply_logprob(model, tokenizer, pair["prompt"], pair[side], opts.max_length)[0]
+            margin += sign * (policy - reply_logprob(reference, tokenizer, pair["prompt"], pair[side],
+                                                     opts.max_length)[0])
+        losses.append(math.log1p(math.exp(-0.1 * margin)))  # -log sigmoid(beta * margin)
+        wins += margin > 0
+    return {"heldout_loss": sum(losses) / len(losses), "heldout_accuracy": wins / len(losses)}
+
+
 def dpo_baseline(opts) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,13 +246,17 @@ def dpo_baseline(opts) -> dict:
                          processing_class=tokenizer, peft_config=_peft())
     reset_peak_rss()
     result = trainer.train()
-    return _log(trainer.state.log_history, result.metrics["train_runtime"])
+    summary = _log(trainer.state.log_history, result.metrics["train_runtime"])
+    return {**summary, **preference_scores(trainer.model, opts)}
 
 
 def dpo_ours(opts) -> dict:
+    from finetune_kit.models import load_for_inference
+
     metrics, log_history = _ours("dpo", ["--model_name_or_path", opts.model, *_fixed(opts), *_lora_args(),
                                          "--max_length", str(opts.max_length), "--eval_split_ratio", "0"])
-    return _log(log_history, metrics["train_runtime"])
+    summary = _log(log_history, metrics["train_runtime"])
+    return {**summary, **preference_scores(load_for_inference(opts.out)[0], opts)}
 
 
 # ---- text classification: transformers Trainer defaults vs recipes/text_classification.py ----
@@ -332,7 +370,7 @@ TASKS = {
                  examples=16, eval_examples=16, batch=2, accumulation=2, max_length=512, learning_rate=2e-4)),
     "dpo": ("trl-default", {"trl-default": dpo_baseline, "ours": dpo_ours},
             dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "dpo_en_demo.json",
-                 examples=8, eval_examples=0, batch=2, accumulation=2, max_length=512, learning_rate=5e-5)),
+                 examples=8, eval_examples=32, batch=2, accumulation=2, max_length=512, learning_rate=5e-5)),
     "text_classification": ("transformers-default", {"transformers-default": text_classification_baseline,
                                                      "ours": text_classification_ours},
                             dict(model="minilm-l6", data=SHARED / "sst2" / "train.tsv", examples=4096,

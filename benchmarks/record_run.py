@@ -18,7 +18,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    from finetune_kit.hardware import bf16_is_fast
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "native_bf16": bf16_is_fast()}
 
 
 def main() -> None:

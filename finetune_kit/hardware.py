@@ -12,7 +12,10 @@ def bf16_is_fast() -> bool:
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    # Not mkldnn's `_is_mkldnn_bf16_supported`: it is true on any AVX512-BW CPU, where oneDNN converts bf16 to fp32
+    # in software (measured on an AVX512 Xeon without AVX512-BF16: a bf16 matmul 5x slower than fp32).
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
 
 
 def has_accelerator() -> bool:
@@ -45,3 +48,25 @@ def choose_fast_paths(cfg) -> None:
         args.packing = str(model.attn_implementation or "").startswith(FLASH)
     if getattr(args, "use_liger_kernel_auto", False):
         args.use_liger_kernel = cuda and importlib.util.find_spec("liger_kernel") is not None
+
+
+# Vocabulary columns per tile of trl's fused LM head where its tiles are folded in torch ops (no Triton: the CPU).
+TORCH_LM_HEAD_TILE = 4096
+
+
+def narrow_lm_head_tiles(device) -> None:
+    """Narrow trl's fused-LM-head tiles (32768 vocabulary columns) to TORCH_LM_HEAD_TILE where Triton cannot run.
+
+    There trl folds each [tokens, width] tile in torch ops whose backward holds ~8 fp32 copies of the tile: ~1 GB of
+    transient peak at 1k tokens, 4 GB at 4k, the largest single term of a small model's peak. At 4096 columns the
+    same step peaks 4-7x lower and runs ~25% faster, with the same loss and gradients
+    (benchmarks/results/lm_head_tiles.json; the equality is a test). trl exposes no setting for it, so this sets
+    its module constant; a trl without it is left alone.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+        from trl.kernels.chunked_logprob import _use_triton
+    except ImportError:
+        return
+    if not _use_triton(torch.device(device)) and getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 0) > TORCH_LM_HEAD_TILE:
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = TORCH_LM_HEAD_TILE

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 GIB = 2**30
 RUNTIME_BYTES = int(0.8 * GIB)
+# Below this share of the peak, activation checkpointing would save too little to pay for its recompute.
+CHECKPOINTING_MIN_SHARE = 0.1
 
 
 @dataclass
@@ -116,10 +118,10 @@ def device_memory() -> int:
 def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example: int = 1) -> None:
     """Decide `activation_checkpointing` where the config left it unset (TrlMachineDefaults marks that).
 
-    On when the activations of the longest micro-batch would outweigh everything else the run holds (weights,
-    optimizer state, logits, runtime: checkpointing then cuts the peak by far the most for its ~20-30% extra compute)
-    or when the whole estimate passes 80% of the device's memory; off otherwise, since a run that fits with room to
-    spare should not pay the recompute. Decided from totals, not free memory, so every rank decides the same.
+    On, as in trl and LLaMA-Factory, unless the longest micro-batch's activations are under a tenth of the estimated
+    peak without it: then recomputing them (~20-30% more compute) would cut the peak by almost nothing. Always on
+    when the estimate passes 80% of the device's memory. Speed-first runs that know they fit set
+    `activation_checkpointing: false`. Decided from totals, not free memory, so every rank decides the same.
     """
     args = cfg.training
     if not getattr(args, "activation_checkpointing_auto", False):
@@ -141,12 +143,11 @@ def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example:
         return  # unreadable config: the model load right after reports it, with the recipe's own clear error
     result = estimate(model_config, cfg.model, args.per_device_train_batch_size, seq_length, bool(args.bf16), False,
                       sequences_per_example=sequences_per_example)
-    rest = result.total - result.activations
-    on = result.activations > rest or result.total > 0.8 * device_memory()
+    on = result.activations >= CHECKPOINTING_MIN_SHARE * result.total or result.total > 0.8 * device_memory()
     args.activation_checkpointing = args.gradient_checkpointing = on
     print(f"activation checkpointing {'on' if on else 'off'} (auto): activations of a {args.per_device_train_batch_size}"
-          f" x {seq_length}-token micro-batch ~{result.activations / GIB:.1f} GiB vs {rest / GIB:.1f} GiB for the "
-          f"rest; set activation_checkpointing to choose", flush=True)
+          f" x {seq_length}-token micro-batch ~{result.activations / GIB:.2f} GiB of an estimated "
+          f"{result.total / GIB:.1f} GiB peak without it; set activation_checkpointing to choose", flush=True)
 
 
 def longest_sequence(dataset, max_length: int | None, packing: bool = False) -> int:

@@ -1,6 +1,6 @@
 """What every recipe does to its trainer just before training: atomic checkpoints, length-grouped batches that resume
-exactly, plus the callbacks that a driver running the recipe in-process (`finetune-kit tune`: report evaluations,
-prune a trial) has registered.
+exactly, LM-head tiles sized for a device without Triton, plus the callbacks that a driver running the recipe
+in-process (`finetune-kit tune`: report evaluations, prune a trial) has registered.
 
     prepare_trainer(trainer)            # in a recipe
     with driver_callbacks(callback):    # in a driver
@@ -14,12 +14,14 @@ from contextlib import contextmanager
 import torch
 
 from finetune_kit.checkpoints import atomic_checkpoints
+from finetune_kit.hardware import narrow_lm_head_tiles
 
 _DRIVER_CALLBACKS: list = []
 
 
 def prepare_trainer(trainer) -> None:
     atomic_checkpoints(trainer)
+    narrow_lm_head_tiles(trainer.args.device)
     seeded_length_grouping(trainer)
     for callback in _DRIVER_CALLBACKS:
         trainer.add_callback(callback)

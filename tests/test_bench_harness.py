@@ -52,9 +52,27 @@ def test_dpo_arms(tmp_path, tiny_model_dir):
             for i in range(12)]
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps(rows))
-    result = _bench(tmp_path, "dpo", tiny_model_dir, data, "--examples", "8", "--eval_examples", "0", "--batch", "2",
+    result = _bench(tmp_path, "dpo", tiny_model_dir, data, "--examples", "8", "--eval_examples", "4", "--batch", "2",
                     "--accumulation", "2", "--max_length", "64")
     _check_arms(result, "trl-default", 2)
+    assert all(arm["heldout_loss"] > 0 and 0 <= arm["heldout_accuracy"] <= 1 for arm in result["arms"].values())
+    assert result["ratios_ours_over_trl-default"]["heldout_loss"] > 0
+
+
+def test_preference_scores_of_the_reference_itself(tmp_path, tiny_model_dir):
+    """A policy equal to the reference has every margin 0: DPO loss log 2, no pair won."""
+    import math
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.arms import preference_scores
+
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{"prompt": f"Pick {i}.", "chosen": f"{i}", "rejected": "No."} for i in range(3)]))
+    opts = SimpleNamespace(model=str(tiny_model_dir), eval_file=data, max_length=64)
+    scores = preference_scores(AutoModelForCausalLM.from_pretrained(tiny_model_dir), opts)
+    assert scores["heldout_accuracy"] == 0 and math.isclose(scores["heldout_loss"], math.log(2), rel_tol=1e-6)
 
 
 def test_text_classification_arms(tmp_path, tiny_bert_dir):

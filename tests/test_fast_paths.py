@@ -131,11 +131,64 @@ def test_activation_checkpointing_follows_the_memory_estimate(tmp_path, tiny_mod
         choose_activation_checkpointing(cfg, seq)
         return cfg.training.activation_checkpointing, cfg.training.gradient_checkpointing
 
-    assert decide("--per_device_train_batch_size", "2") == (False, False)  # activations << weights + runtime
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)  # the share decides, not room
+    # 2 x 512 tokens of a hidden-32 model: activations ~3% of the ~1.4 GiB peak, recomputing would save nothing
+    assert decide("--per_device_train_batch_size", "2") == (False, False)
     assert "activation checkpointing off (auto)" in capsys.readouterr().out
-    assert decide("--per_device_train_batch_size", "512") == (True, True)  # activations dominate: recompute
+    # 2 x 4096: ~20% of the peak (the attention scores grow with the square of the length): on, as trl's default
+    assert decide("--per_device_train_batch_size", "2", seq=4096) == (True, True)
     assert "activation checkpointing on (auto)" in capsys.readouterr().out
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 2**30)  # a run that would not fit: always on
+    assert decide("--per_device_train_batch_size", "2") == (True, True)
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)
     assert decide("--per_device_train_batch_size", "512", "--activation_checkpointing", "false") == (False, False)
     assert decide("--per_device_train_batch_size", "2", "--gradient_checkpointing", "true") == (True, True)
     monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")  # FSDP recomputes blocks itself
     assert decide("--per_device_train_batch_size", "512") == (False, False)
+
+
+def test_bf16_default_needs_native_bf16_on_a_cpu(monkeypatch):
+    """bf16 is chosen on a CPU only with AVX512-BF16 or AMX: oneDNN's own "bf16 supported" is true on any AVX512-BW
+    CPU, where bf16 is converted in software and a training step runs several times slower than fp32."""
+    import torch
+
+    from finetune_kit.hardware import bf16_is_fast
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not bf16_is_fast()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert bf16_is_fast()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert bf16_is_fast()
+
+
+def test_narrow_lm_head_tiles_keep_loss_and_gradients(monkeypatch):
+    """The CPU's narrower tiles for trl's fused LM head give the same log-probs, entropy and gradients as trl's
+    default width (several tiles and a partial last one here: vocabulary 10,000 at 4,096 vs one 32,768 tile)."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    from finetune_kit.hardware import TORCH_LM_HEAD_TILE, narrow_lm_head_tiles
+
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    narrow_lm_head_tiles("cpu")
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == TORCH_LM_HEAD_TILE == 4096
+
+    torch.manual_seed(0)
+    hidden0, weight0 = torch.randn(300, 64), torch.randn(10_000, 64) * 0.1
+    labels = torch.randint(0, 10_000, (300,))
+
+    def run(width):
+        hidden, weight = hidden0.clone().requires_grad_(True), weight0.clone().requires_grad_(True)
+        log_probs, entropy, *_ = ChunkedLogProbFunction.apply(hidden, weight, None, labels, 1.0, width, None, 1.0,
+                                                              ("log_probs", "entropy"))
+        (-log_probs.sum() + 0.1 * entropy.sum()).backward()
+        return log_probs.detach(), entropy.detach(), hidden.grad, weight.grad
+
+    for narrow, wide in zip(run(TORCH_LM_HEAD_TILE), run(32768)):
+        torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
