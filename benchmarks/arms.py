@@ -67,13 +67,20 @@ def _pairs(path: Path) -> list[dict]:
     return _normalised(path, normalise_pair)
 
 
+_PEAK_BEFORE_TRAINING: list[float] = []
+
+
 def reset_peak_rss() -> None:
     """Restart the kernel's peak-RSS count (VmHWM) so that it covers training only, not loading: a load reads the
-    whole checkpoint (16-bit on disk, then quantized) and that transient would hide what training holds."""
+    whole checkpoint (16-bit on disk, then quantized) and that transient would hide what training holds. The peak
+    so far is kept: on Linux getrusage's ru_maxrss follows the reset too, so it is the only record of loading."""
+    before = training_peak_rss_mb()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
-        pass
+        return
+    if before is not None:
+        _PEAK_BEFORE_TRAINING.append(before)
 
 
 def training_peak_rss_mb() -> float | None:
@@ -100,7 +107,10 @@ def _log(log_history: list[dict], runtime: float, trained_tokens: float | None =
     tokens = trained_tokens or max((row.get("num_tokens", 0) for row in log_history), default=0)
     from finetune_kit.runs import peak_memory_mb
 
-    memory = {**peak_memory_mb(), "rss_training": training_peak_rss_mb()}
+    # rss: the whole process up to the end of training (loading included); rss_training: from train begin
+    memory = {**peak_memory_mb(), "rss_training": training_peak_rss_mb(),
+              "rss_before_training": max(_PEAK_BEFORE_TRAINING, default=None)}
+    memory["rss"] = max(memory["rss"], memory["rss_training"] or 0, memory["rss_before_training"] or 0)
     return {"train_runtime": runtime, "trained_tokens": tokens, "tokens_per_second": tokens / runtime,
             "mean_train_loss": sum(losses) / len(losses), "losses": losses, "peak_memory_mb": memory}
 
@@ -161,6 +171,8 @@ def reply_logprob(model, tokenizer, prompt, reply, max_length: int) -> tuple[flo
     labels = list(full)
     labels[:len(prompt_ids)] = [-100] * min(len(prompt_ids), len(full))
     n = sum(1 for t in labels[1:] if t != -100)
+    if n == 0:  # max_length cut the whole reply: nothing to score (the model's mean over no tokens would be NaN)
+        return 0.0, 0
     with torch.no_grad():
         out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
     return -out.loss.item() * n, n
@@ -222,14 +234,20 @@ def preference_scores(model, opts) -> dict:
     model.float().eval()
     losses, wins = [], 0
     for pair in pairs:
-        margin = 0.0
+        margin, counts = 0.0, []
         for side, sign in (("chosen", 1), ("rejected", -1)):
-            policy = reply_logprob(model, tokenizer, pair["prompt"], pair[side], opts.max_length)[0]
+            policy, n = reply_logprob(model, tokenizer, pair["prompt"], pair[side], opts.max_length)
             margin += sign * (policy - reply_logprob(reference, tokenizer, pair["prompt"], pair[side],
                                                      opts.max_length)[0])
+            counts.append(n)
+        if 0 in counts:  # a side cut off entirely by max_length: trl drops such pairs from training too
+            continue
         losses.append(math.log1p(math.exp(-0.1 * margin)))  # -log sigmoid(beta * margin)
         wins += margin > 0
-    return {"heldout_loss": sum(losses) / len(losses), "heldout_accuracy": wins / len(losses)}
+    if not losses:
+        return {}
+    return {"heldout_loss": sum(losses) / len(losses), "heldout_accuracy": wins / len(losses),
+            "heldout_pairs": len(losses)}
 
 
 def dpo_baseline(opts) -> dict:
@@ -356,11 +374,15 @@ def _sft_lora(opts, *extra: str) -> dict:
     return _log(log_history, metrics["train_runtime"])
 
 
+_NF4 = ("--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4", "--use_bnb_nested_quant", "true")
 QLORA_ARMS = {"lora-fp32": lambda opts: _sft_lora(opts, "--dtype", "float32"),
               "lora-bf16": lambda opts: _sft_lora(opts, "--dtype", "bfloat16"),
               # fp32 compute and unquantized parts (embeddings, norms), as the fp32 arm: only the 4-bit linears differ
-              "qlora-4bit": lambda opts: _sft_lora(opts, "--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4",
-                                                   "--use_bnb_nested_quant", "true", "--dtype", "float32")}
+              "qlora-4bit": lambda opts: _sft_lora(opts, *_NF4, "--dtype", "float32"),
+              # the QLoRA paper's setup: bf16 unquantized parts and bf16 compute (bnb_4bit_compute_dtype = dtype)
+              "qlora-4bit-bf16": lambda opts: _sft_lora(opts, *_NF4, "--dtype", "bfloat16")}
+# Arms also compared with a second reference: task -> that arm (its ratios are written beside the baseline's).
+SECOND_BASELINES = {"qlora": "lora-bf16"}
 
 
 # task: (baseline name, arms, default settings)

@@ -1,17 +1,18 @@
 """Side-by-side benchmark: plain trl / transformers with their defaults vs our recipe with its defaults.
 
     python -m benchmarks sft | dpo | text_classification [--examples N ...]     # make bench runs these three
-    python -m benchmarks qlora [--arms qlora-4bit]     # fp32 / bf16 LoRA vs QLoRA, all ours, on a random 1.2B Llama
+    python -m benchmarks qlora [--arms qlora-4bit]     # fp32 / bf16 LoRA vs QLoRA (fp32 / bf16), all ours, random 1.2B
     python -m benchmarks sft --model <dir> --data <file> --examples 8 --max_length 64   # the smoke test's tiny run
 
 Each arm runs in its own process (peak memory is per process), one after the other, on the same model, seed,
 effective batch (per-device batch x accumulation) and one epoch over the same seeded subset of the data, so both
 train the same examples, the same trained tokens, in the same number of steps. Reported per arm: trained
 (non-padding) tokens per second (trl's own `num_tokens`; for classification the tokenized lengths) over
-`train_runtime`, peak memory (RSS on CPU, max_memory_allocated on GPU), the mean training loss over the epoch, and
-for SFT / classification the loss (and accuracy) on held-out rows scored by one shared function; then ours /
-baseline. Results go to benchmarks/results/bench_<task>.json with machine, versions and the command. The arms
-themselves are in benchmarks/arms.py.
+`train_runtime`, peak memory (RSS on CPU: the process up to the end of training, and from train begin alone as
+rss_training; max_memory_allocated on GPU), the mean training loss over the epoch, and the loss (and accuracy)
+on held-out rows scored by one shared function (SFT: reply loss; DPO: DPO loss against the base; classification);
+then ours / baseline. Results go to benchmarks/results/bench_<task>.json with machine, versions and the command.
+The arms themselves are in benchmarks/arms.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.arms import TASKS, write_subsets
+from benchmarks.arms import SECOND_BASELINES, TASKS, write_subsets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = [baseline] + [a for a in arms_of_task if a != baseline and (not opts.arms or a in opts.arms.split(","))]
         arms = {arm: run_arm(opts.task, arm, opts, files) for arm in chosen}
     ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in arms if arm != baseline}
+    second = SECOND_BASELINES.get(opts.task)
+    if second in arms:
+        ratios.update({f"ratios_{arm}_over_{second}": _ratios(arms[arm], arms[second])
+                       for arm in arms if arm not in (baseline, second)})
     settings = {k: v for k, v in vars(opts).items()
                 if k not in ("argv", "arm", "result", "out", "train_file", "eval_file")}
     result = {"name": f"bench_{opts.task}", "command": "python -m benchmarks " + " ".join(argv),

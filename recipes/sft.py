@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.chat_template_path = None  # applied here, so trl must not apply it again
 
     train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed)
-    train_dataset = tokenize_sft_dataset(train_rows, tokenizer)
-    eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer) if eval_rows is not None else None
+    train_dataset = tokenize_sft_dataset(train_rows, tokenizer, args.dataset_num_proc)
+    eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer, args.dataset_num_proc) if eval_rows is not None else None
     require_replies_within(train_dataset, args.max_length, cfg.data.dataset_name)
 
     choose_fast_paths(cfg)  # flash attention + padding-free / Liger where installed and safe

@@ -60,7 +60,8 @@ def test_dpo_arms(tmp_path, tiny_model_dir):
 
 
 def test_preference_scores_of_the_reference_itself(tmp_path, tiny_model_dir):
-    """A policy equal to the reference has every margin 0: DPO loss log 2, no pair won."""
+    """A policy equal to the reference has every margin 0: DPO loss log 2, no pair won; a pair whose prompt fills
+    max_length has no reply to score and is left out (not a NaN)."""
     import math
     from types import SimpleNamespace
 
@@ -69,10 +70,12 @@ def test_preference_scores_of_the_reference_itself(tmp_path, tiny_model_dir):
     from benchmarks.arms import preference_scores
 
     data = tmp_path / "pairs.json"
-    data.write_text(json.dumps([{"prompt": f"Pick {i}.", "chosen": f"{i}", "rejected": "No."} for i in range(3)]))
+    data.write_text(json.dumps([{"prompt": f"Pick {i}.", "chosen": f"{i}", "rejected": "No."} for i in range(3)]
+                               + [{"prompt": "word " * 100, "chosen": "yes", "rejected": "no"}]))
     opts = SimpleNamespace(model=str(tiny_model_dir), eval_file=data, max_length=64)
     scores = preference_scores(AutoModelForCausalLM.from_pretrained(tiny_model_dir), opts)
     assert scores["heldout_accuracy"] == 0 and math.isclose(scores["heldout_loss"], math.log(2), rel_tol=1e-6)
+    assert scores["heldout_pairs"] == 3
 
 
 def test_text_classification_arms(tmp_path, tiny_bert_dir):
@@ -106,6 +109,8 @@ def test_qlora_memory_arms(tmp_path, tiny_model_dir):
     data.write_text(json.dumps(rows))
     result = _bench(tmp_path, "qlora", tiny_model_dir, data, "--examples", "2", "--eval_examples", "0",
                     "--max_length", "96")
-    assert set(result["arms"]) == {"lora-fp32", "lora-bf16", "qlora-4bit"} and result["steps"] == 2
-    for arm in ("lora-bf16", "qlora-4bit"):
+    assert set(result["arms"]) == {"lora-fp32", "lora-bf16", "qlora-4bit", "qlora-4bit-bf16"} and result["steps"] == 2
+    for arm in ("lora-bf16", "qlora-4bit", "qlora-4bit-bf16"):
         assert result[f"ratios_{arm}_over_lora-fp32"]["peak_memory"] > 0
+    for arm in ("qlora-4bit", "qlora-4bit-bf16"):  # QLoRA is also compared with the bf16 LoRA run
+        assert result[f"ratios_{arm}_over_lora-bf16"]["peak_memory"] > 0

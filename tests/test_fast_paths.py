@@ -192,3 +192,14 @@ def test_narrow_lm_head_tiles_keep_loss_and_gradients(monkeypatch):
 
     for narrow, wide in zip(run(TORCH_LM_HEAD_TILE), run(32768)):
         torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
+
+
+def test_tokenizing_in_several_processes_gives_the_same_rows(tokenizer):
+    from datasets import Dataset
+
+    from finetune_kit.data import tokenize_sft_dataset
+
+    dataset = Dataset.from_list(_rows(12))
+    one, two = tokenize_sft_dataset(dataset, tokenizer), tokenize_sft_dataset(dataset, tokenizer, num_proc=2)
+    assert one["input_ids"] == two["input_ids"] and one["assistant_masks"] == two["assistant_masks"]
+    assert any(any(mask) for mask in one["assistant_masks"])

@@ -79,6 +79,31 @@ def test_quantized_base_trains_adapters_and_stays_quantized(tmp_path, tiny_model
     assert sum(losses[-3:]) < sum(losses[:3]), losses
 
 
+def test_quantized_base_keeps_unquantized_weights_in_the_load_dtype(tmp_path, tiny_model_dir):
+    """QLoRA in bf16: embeddings, LM head and norms stay bf16 (peft's prepare_model_for_kbit_training would upcast
+    them to fp32, the largest unquantized part of the model), copied out of the checkpoint's memory map so that the
+    file's pages do not stay resident."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from finetune_kit.config import ModelArguments
+    from finetune_kit.models import load_causal_lm
+
+    from transformers import AutoModelForCausalLM
+
+    # a bf16 checkpoint (weights loaded in their stored dtype are the ones that alias the file) no other test maps
+    folder = tmp_path / "bf16-copy"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(folder)
+    model = load_causal_lm(ModelArguments(model_name_or_path=str(folder), use_peft=True, load_in_4bit=True,
+                                          dtype="bfloat16"))
+    unquantized = [p for p in model.parameters() if p.__class__.__name__ != "Params4bit"]
+    assert unquantized and all(p.dtype == torch.bfloat16 for p in unquantized)
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(folder / "model.safetensors") not in maps.read_text()
+
+
 def test_the_script_example_runs(tmp_path, tiny_model_dir):
     import importlib.util
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -77,10 +78,15 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
     return train, evaluation
 
 
-def tokenize_sft_dataset(dataset: Dataset, tokenizer) -> Dataset:
+# Rows from which rendering chat templates in several processes pays for starting them (benchmarks/tokenize_procs.py).
+PARALLEL_TOKENIZE_ROWS = 20_000
+
+
+def tokenize_sft_dataset(dataset: Dataset, tokenizer, num_proc: int | None = None) -> Dataset:
     """Conversations become `input_ids` + `assistant_masks` (trl builds labels from them); other shapes pass through.
 
     trl tokenizes `prompt`/`completion` and `text` rows itself, with completion-only loss for the former.
+    `num_proc` (trl's `dataset_num_proc`) unset: one process per core, up to 8, from PARALLEL_TOKENIZE_ROWS rows.
     """
     if "messages" not in dataset.column_names:
         return dataset
@@ -89,9 +95,12 @@ def tokenize_sft_dataset(dataset: Dataset, tokenizer) -> Dataset:
             "the tokenizer has no chat template, so conversations cannot be rendered. Use an instruct checkpoint, "
             "set chat_template_path to a .jinja file, or use prompt/completion or text data."
         )
+    if num_proc is None and len(dataset) >= PARALLEL_TOKENIZE_ROWS:
+        num_proc = min(os.cpu_count() or 1, 8)
     return dataset.map(
         lambda row: tokenize_conversation(tokenizer, row["messages"]),
         remove_columns=dataset.column_names,
+        num_proc=num_proc if num_proc and num_proc > 1 else None,
         desc="Tokenizing conversations",
     )
 
