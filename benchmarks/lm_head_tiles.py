@@ -22,7 +22,8 @@ HIDDEN, VOCAB, TRL_DEFAULT = 576, 49152, 32768
 
 
 def _rss_mb(field: str) -> int:
-    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field)).split()[1]) // 1024
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) // 1024
 
 
 def one(tokens: int, width: int) -> dict:
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["time_ratio"] = row["seconds_per_step"] / base["seconds_per_step"]
         row["peak_ratio"] = row["peak_above_resting_mb"] / base["peak_above_resting_mb"]
         row["loss_rel_diff"] = abs(row["loss"] - base["loss"]) / abs(base["loss"])
-    result = {"name": "lm_head_tiles", "command": "python -m benchmarks.lm_head_tiles " + " ".join(argv or sys.argv[1:]),
+    command = "python -m benchmarks.lm_head_tiles " + " ".join(argv or sys.argv[1:])
+    result = {"name": "lm_head_tiles", "command": command.strip(),
               "shapes": {"hidden": HIDDEN, "vocab": VOCAB}, "rows": rows, "machine": machine(),
               "versions": package_versions()}
     Path(opts.results).mkdir(parents=True, exist_ok=True)

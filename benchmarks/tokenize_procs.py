@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
         results.append({"rows": n, "seconds_1": timed[1][0], f"seconds_{cores}": timed[cores][0],
                         "speedup": timed[1][0] / timed[cores][0], "same_output": timed[1][1] == timed[cores][1]})
         print(results[-1], flush=True)
-    result = {"name": "tokenize_procs", "command": "python -m benchmarks.tokenize_procs " + " ".join(argv or sys.argv[1:]),
+    command = "python -m benchmarks.tokenize_procs " + " ".join(argv or sys.argv[1:])
+    result = {"name": "tokenize_procs", "command": command.strip(),
               "rows": results, "machine": machine(), "versions": package_versions()}
     Path(opts.results).mkdir(parents=True, exist_ok=True)
     (Path(opts.results) / "tokenize_procs.json").write_text(json.dumps(result, indent=2) + "\n")

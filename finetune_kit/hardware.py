@@ -68,5 +68,6 @@ def narrow_lm_head_tiles(device) -> None:
         from trl.kernels.chunked_logprob import _use_triton
     except ImportError:
         return
-    if not _use_triton(torch.device(device)) and getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 0) > TORCH_LM_HEAD_TILE:
+    wide = getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 0) > TORCH_LM_HEAD_TILE
+    if wide and not _use_triton(torch.device(device)):
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = TORCH_LM_HEAD_TILE
