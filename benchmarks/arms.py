@@ -173,8 +173,9 @@ def reply_logprob(model, tokenizer, prompt, reply, max_length: int) -> tuple[flo
     n = sum(1 for t in labels[1:] if t != -100)
     if n == 0:  # max_length cut the whole reply: nothing to score (the model's mean over no tokens would be NaN)
         return 0.0, 0
+    device = next(model.parameters()).device  # a trained baseline is still on its GPU, the reference on the CPU
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
+        out = model(input_ids=torch.tensor([full], device=device), labels=torch.tensor([labels], device=device))
     return -out.loss.item() * n, n
 
 
@@ -242,7 +243,8 @@ def preference_scores(model, opts) -> dict:
             counts.append(n)
         if 0 in counts:  # a side cut off entirely by max_length: trl drops such pairs from training too
             continue
-        losses.append(math.log1p(math.exp(-0.1 * margin)))  # -log sigmoid(beta * margin)
+        x = 0.1 * margin  # -log sigmoid(x), written so that no exp overflows
+        losses.append(max(-x, 0.0) + math.log1p(math.exp(-abs(x))))
         wins += margin > 0
     if not losses:
         return {}
@@ -290,10 +292,12 @@ def classifier_scores(model, tokenizer, path: Path, max_length: int) -> dict:
 
     texts, labels = _sst2(path)
     model.eval()
+    device = next(model.parameters()).device
     loss, correct = 0.0, 0
     for i in range(0, len(texts), 32):
-        batch = tokenizer(texts[i:i + 32], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        target = torch.tensor(labels[i:i + 32])
+        batch = tokenizer(texts[i:i + 32], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(device)
+        target = torch.tensor(labels[i:i + 32], device=device)
         with torch.no_grad():
             logits = model(**batch).logits
         loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
