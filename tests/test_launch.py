@@ -85,11 +85,10 @@ def test_quantized_base_keeps_unquantized_weights_in_the_load_dtype(tmp_path, ti
     file's pages do not stay resident."""
     pytest.importorskip("bitsandbytes")
     import torch
+    from transformers import AutoModelForCausalLM
 
     from finetune_kit.config import ModelArguments
     from finetune_kit.models import load_causal_lm
-
-    from transformers import AutoModelForCausalLM
 
     # a bf16 checkpoint (weights loaded in their stored dtype are the ones that alias the file) no other test maps
     folder = tmp_path / "bf16-copy"
