@@ -138,9 +138,12 @@ def _ours(recipe: str, argv: list[str]) -> tuple[dict, list[dict]]:
 
 
 def _fixed(opts) -> list[str]:
-    return ["--dataset_name", str(opts.train_file), "--output_dir", opts.out, "--per_device_train_batch_size",
-            str(opts.batch), "--gradient_accumulation_steps", str(opts.accumulation), "--learning_rate",
-            str(opts.learning_rate), "--seed", str(opts.seed)]
+    """Recipe arguments every arm of ours shares: what the comparison fixes, all rows trained (no held-out split).
+    model_folder builds the bench's random model on first use; any other name passes through."""
+    return ["--model_name_or_path", model_folder(opts.model), "--dataset_name", str(opts.train_file), "--output_dir",
+            opts.out, "--per_device_train_batch_size", str(opts.batch), "--gradient_accumulation_steps",
+            str(opts.accumulation), "--learning_rate", str(opts.learning_rate), "--seed", str(opts.seed),
+            "--max_length", str(opts.max_length), "--eval_split_ratio", "0"]
 
 
 def _lora_args() -> list[str]:
@@ -152,6 +155,12 @@ def _peft():
 
     return LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                       target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _sft_lora(opts, *extra: str) -> dict:
+    """Our SFT recipe with LoRA (the SFT arm, and the QLoRA task's arms with their `extra` settings)."""
+    metrics, log_history = _ours("sft", [*_fixed(opts), *_lora_args(), *extra])
+    return _log(log_history, metrics["train_runtime"])
 
 
 # ---- SFT: SFTTrainer defaults vs recipes/sft.py ----
@@ -208,9 +217,7 @@ def sft_baseline(opts) -> dict:
 def sft_ours(opts) -> dict:
     from finetune_kit.models import load_for_inference
 
-    metrics, log_history = _ours("sft", ["--model_name_or_path", opts.model, *_fixed(opts), *_lora_args(),
-                                         "--max_length", str(opts.max_length), "--eval_split_ratio", "0"])
-    summary = _log(log_history, metrics["train_runtime"])
+    summary = _sft_lora(opts)
     model, tokenizer = load_for_inference(opts.out)  # base (an embedded name too) + the adapter
     summary["heldout_loss"] = response_loss(model, tokenizer, _alpaca(opts.eval_file), opts.max_length)
     return summary
@@ -273,8 +280,7 @@ def dpo_baseline(opts) -> dict:
 def dpo_ours(opts) -> dict:
     from finetune_kit.models import load_for_inference
 
-    metrics, log_history = _ours("dpo", ["--model_name_or_path", opts.model, *_fixed(opts), *_lora_args(),
-                                         "--max_length", str(opts.max_length), "--eval_split_ratio", "0"])
+    metrics, log_history = _ours("dpo", [*_fixed(opts), *_lora_args()])
     summary = _log(log_history, metrics["train_runtime"])
     return {**summary, **preference_scores(load_for_inference(opts.out)[0], opts)}
 
@@ -334,9 +340,8 @@ def text_classification_baseline(opts) -> dict:
 def text_classification_ours(opts) -> dict:
     from finetune_kit.models import load_for_inference
 
-    metrics, log_history = _ours("text_classification", [
-        "--model_name_or_path", opts.model, *_fixed(opts), "--label_column", "label", "--max_length",
-        str(opts.max_length), "--eval_split_ratio", "0", "--test_split_ratio", "0"])
+    metrics, log_history = _ours("text_classification", [*_fixed(opts), "--label_column", "label",
+                                                         "--test_split_ratio", "0"])
     model, tokenizer = load_for_inference(opts.out)
     summary = _log(log_history, metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
     return {**summary, **classifier_scores(model, tokenizer, opts.eval_file, opts.max_length)}
@@ -369,13 +374,6 @@ def model_folder(name: str) -> str:
         tokenizer.save_pretrained(folder.with_suffix(".partial"))
         folder.with_suffix(".partial").rename(folder)
     return str(folder)
-
-
-def _sft_lora(opts, *extra: str) -> dict:
-    metrics, log_history = _ours("sft", ["--model_name_or_path", model_folder(opts.model), *_fixed(opts),
-                                         *_lora_args(), "--max_length", str(opts.max_length), "--eval_split_ratio",
-                                         "0", *extra])
-    return _log(log_history, metrics["train_runtime"])
 
 
 _NF4 = ("--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4", "--use_bnb_nested_quant", "true")
