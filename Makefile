@@ -1,6 +1,7 @@
 # Every target installs what it needs into .venv first (once; re-run when pyproject.toml changes).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+KIT    := $(VENV)/bin/finetune-kit
 STAMP  := $(VENV)/.installed
 # torch 2.13.0: on this project's machines pip takes the CPU build from local disk; elsewhere it is PyPI's build.
 TORCH  ?= torch==2.13.0
@@ -25,21 +26,21 @@ $(STAMP): pyproject.toml
 sft: $(STAMP)
 	$(PY) -m finetune_kit.demo data --out $(DEMO_DATA)
 	$(PY) -m finetune_kit.demo score --model smollm2-135m-instruct --heldout $(DEMO_DATA)/heldout.jsonl --save runs/sft-demo-before.json
-	$(PY) recipes/sft.py --config recipes/configs/sft_lora_smollm2.yaml --overwrite_output_dir true
+	$(KIT) train sft --config sft_lora_smollm2 --overwrite_output_dir true
 	$(PY) -m finetune_kit.demo score --model runs/sft-smollm2-lora --heldout $(DEMO_DATA)/heldout.jsonl --before runs/sft-demo-before.json --save runs/sft-smollm2-lora/demo_score.json
 
 # RLHF in three stages, each reading the one before: SFT -> reward model -> PPO (see finetune_kit/demo_rlhf.py).
 rlhf: $(STAMP)
 	$(PY) -m finetune_kit.demo_rlhf data --out $(RLHF_DATA)
-	$(PY) recipes/sft.py --config recipes/configs/sft_rlhf_smollm2.yaml --overwrite_output_dir true
-	$(PY) recipes/reward.py --config recipes/configs/reward_lora_smollm2.yaml --overwrite_output_dir true
-	$(PY) recipes/ppo.py --config recipes/configs/ppo_lora_smollm2.yaml --overwrite_output_dir true
+	$(KIT) train sft --config sft_rlhf_smollm2 --overwrite_output_dir true
+	$(KIT) train reward --config reward_lora_smollm2 --overwrite_output_dir true
+	$(KIT) train ppo --config ppo_lora_smollm2 --overwrite_output_dir true
 	$(PY) -m finetune_kit.demo_rlhf report --ppo runs/rlhf-ppo --reward runs/rlhf-reward
 
 # Talk to the `make sft` result (runs `make sft` first if there is none).
 chat: $(STAMP)
 	test -f runs/sft-smollm2-lora/run_info.json || $(MAKE) sft
-	$(VENV)/bin/finetune-kit chat --model runs/sft-smollm2-lora
+	$(KIT) chat --model runs/sft-smollm2-lora
 
 # Our recipes vs plain trl / transformers with their defaults, same model / data / epoch / effective batch
 # (benchmarks/harness.py; needs ../shared/datasets or --data): benchmarks/results/bench_{sft,text_classification,dpo}.json.
@@ -50,8 +51,13 @@ bench: $(STAMP)
 	$(PY) -m benchmarks text_classification $(BENCH_ARGS)
 	$(PY) -m benchmarks dpo $(BENCH_ARGS)
 
+# The whole suite with this machine's bf16 decision, then the tests that train with the recipes' default precision
+# (marked `precision`) again with the other decision, as a machine of the other kind would run them
+# (FINETUNE_KIT_BF16, finetune_kit/hardware.py): both decisions are exercised on every machine.
+OTHER_BF16 = $$($(PY) -c "from finetune_kit.hardware import bf16_is_fast; print(0 if bf16_is_fast() else 1)")
 test: $(STAMP)
 	$(PY) -m pytest tests
+	FINETUNE_KIT_BF16=$(OTHER_BF16) $(PY) -m pytest tests -m precision
 
 # Skips the tests marked slow (those on the real embedded checkpoints).
 test-fast: $(STAMP)

@@ -126,11 +126,11 @@ def _trl_args(config_class, opts):
 
 
 def _ours(recipe: str, argv: list[str]) -> tuple[dict, list[dict]]:
-    from finetune_kit.cli import load_recipe
+    from finetune_kit import recipes
     from finetune_kit.trainer_setup import driver_callbacks
 
     with driver_callbacks(_reset_callback()):
-        metrics = load_recipe(recipe).main([*argv, "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy",
+        metrics = recipes.get(recipe).load().main([*argv, "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy",
                                         "no", "--report_to", "none", "--report", "false", "--disable_tqdm", "true",
                                             "--overwrite_output_dir", "true"])
     out = argv[argv.index("--output_dir") + 1]

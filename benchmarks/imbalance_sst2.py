@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=8000)
     args = parser.parse_args()
-    from finetune_kit.cli import load_recipe
+    from finetune_kit import recipes
 
     data = subset(args.rows, ROOT / "runs" / "imbalance" / "sst2_95_5.jsonl")
     common = ["--model_name_or_path", "minilm-l6", "--dataset_name", str(data), "--eval_split_ratio", "0.1",
@@ -53,7 +53,7 @@ def main() -> None:
     results = {}
     for name, extra in variants.items():
         start = time.time()
-        metrics = load_recipe("text_classification").main(
+        metrics = recipes.get("text_classification").load().main(
             common + extra + ["--output_dir", str(ROOT / "runs" / "imbalance" / name)])
         report = metrics["per_class"]
         results[name] = {"minority_recall": report["positive"]["recall"], "minority_f1": report["positive"]["f1-score"],

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from record_run import RESULTS, machine  # noqa: E402
 
-CONFIG = "recipes/configs/text_classification_minilm_sst2_tune.yaml"
+CONFIG = "finetune_kit/configs/text_classification_minilm_sst2_tune.yaml"
 
 
 def main() -> None:
@@ -30,15 +30,15 @@ def main() -> None:
     parser.add_argument("--budget_minutes", type=float, default=28.0)
     parser.add_argument("--out", default="runs/bench-sst2-tune")
     args = parser.parse_args()
-    from finetune_kit.cli import load_recipe
+    from finetune_kit import recipes
     from finetune_kit.runs import package_versions
     from finetune_kit.tune import tune
 
     out = ROOT / args.out
     shutil.rmtree(out, ignore_errors=True)
     start = time.time()
-    default = load_recipe("text_classification").main(["--config", str(ROOT / CONFIG),
-                                                       "--output_dir", str(out / "default")])
+    default = recipes.get("text_classification").load().main(["--config", str(ROOT / CONFIG),
+                                                              "--output_dir", str(out / "default")])
     default_seconds = time.time() - start
     start = time.time()
     best = tune(["--config", str(ROOT / CONFIG), "--study_dir", str(out / "study"),

@@ -10,16 +10,24 @@ Names load lazily, so `import finetune_kit` stays cheap until a helper is used.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 
 __version__ = "0.1.0"
+
+# bitsandbytes logs on every import, on every CPU without the optional `kernels` package, that a hub kernel could not
+# load; its own CPU path works. Dropped here, precisely (FINETUNE_KIT_VERBOSE=1 keeps it).
+if os.environ.get("FINETUNE_KIT_VERBOSE", "") in ("", "0"):
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in
+                                                                 record.getMessage())
 
 _EXPORTS = {
     "parse_config": "finetune_kit.config",
     "ModelArguments": "finetune_kit.config",
     "DataArguments": "finetune_kit.config",
     "RunArguments": "finetune_kit.config",
-    "SFTRecipeConfig": "finetune_kit.recipe_configs",
-    "SFTTrainingArguments": "finetune_kit.recipe_configs",
+    "SFTRecipeConfig": "finetune_kit.config_decoder",
+    "SFTTrainingArguments": "finetune_kit.config_decoder",
     "load_tokenizer": "finetune_kit.models",
     "load_causal_lm": "finetune_kit.models",
     "load_for_inference": "finetune_kit.models",

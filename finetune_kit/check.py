@@ -5,54 +5,45 @@ reports sequence lengths and how many rows `max_length` would truncate, and esti
 config (see `finetune_kit.memory`) against the memory available. Exit 0: clean; 1: warnings; 2: errors (raised as
 `UserError`, which the CLI turns into exit code 2).
 
-The recipe is named by `--recipe` or by the config file's name (`recipes/configs/<recipe>_*.yaml`). Decoder recipes
-(sft, pretrain, reward, dpo, kto, ppo, grpo) get every check, sft when nothing says otherwise; the encoder and vision recipes get the config check.
+The recipe is named by `--recipe`, else by the config (its `recipe:` key, then its file name), else sft. What is
+checked follows the recipe table (finetune_kit.recipes): recipes with a `rows` kind (the decoder stages) get every
+check; the others the config check.
 """
 
 from __future__ import annotations
 
 import statistics
 from functools import partial
-from pathlib import Path
 
+from finetune_kit import recipes
 from finetune_kit.config import parse_config
-from finetune_kit.data import (encode_prompt, end_of_turn_is_trained, load_sft_datasets, normalise_pair,
-                               normalise_prompt, normalise_unpaired, tokenize_sft_dataset)
+from finetune_kit.data import (
+    encode_prompt,
+    end_of_turn_is_trained,
+    load_sft_datasets,
+    normalise_pair,
+    normalise_prompt,
+    normalise_unpaired,
+    tokenize_sft_dataset,
+)
 from finetune_kit.data.formats import normalise
-from finetune_kit.errors import ConfigError
+from finetune_kit.decisions import Decisions
 from finetune_kit.models import load_tokenizer, resolve_checkpoint
-from finetune_kit.recipe_configs import RECIPE_CONFIGS
-from finetune_kit.stage_configs import STAGE_CONFIGS
 
-ALL_RECIPES = {**RECIPE_CONFIGS, **STAGE_CONFIGS}
-# recipe -> how its rows are validated (None: the SFT formats)
-NORMALISERS = {"sft": None, "pretrain": partial(normalise, fmt="text"), "reward": normalise_pair,
-               "dpo": normalise_pair, "kto": normalise_unpaired, "ppo": normalise_prompt, "grpo": normalise_prompt}
+# Recipe table `rows` kind -> how its rows are validated (None: the SFT formats).
+NORMALISERS = {"sft": None, "text": partial(normalise, fmt="text"), "pair": normalise_pair,
+               "unpaired": normalise_unpaired, "prompt": normalise_prompt}
 
 
-def recipe_of(argv: list[str], recipe: str | None) -> str:
-    if recipe:
-        if recipe not in ALL_RECIPES:
-            raise ConfigError(f"--recipe {recipe}: unknown; one of {', '.join(sorted(ALL_RECIPES))}.")
-        return recipe
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
-    stem = Path(config).stem if config else ""
-    found = max((name for name in ALL_RECIPES if stem.startswith(name + "_") or stem == name), key=len, default=None)
-    if found is None:  # the most common case; the note says how to name another
-        print(f"recipe: sft (the config name '{stem}' does not name one; pass --recipe for another)")
-        return "sft"
-    return found
-
-
-def sequence_lengths(dataset, tokenizer, recipe: str) -> list[int]:
+def sequence_lengths(dataset, tokenizer, rows: str) -> list[int]:
     """Token count of each row as the trainer will see it (chat template applied for conversations)."""
-    if recipe in ("ppo", "grpo"):
+    if rows == "prompt":
         return [len(encode_prompt(tokenizer, p, 10**9, "")) for p in dataset["prompt"]]
-    if recipe in ("reward", "dpo"):
+    if rows == "pair":
         return [max(_render_len(tokenizer, row["prompt"], row["chosen"]), _render_len(tokenizer, row["prompt"],
                                                                                        row["rejected"]))
                 for row in dataset]
-    if recipe == "kto":
+    if rows == "unpaired":
         return [_render_len(tokenizer, row["prompt"], row["completion"]) for row in dataset]
     if "messages" in dataset.column_names:
         return [len(ids) for ids in tokenize_sft_dataset(dataset, tokenizer)["input_ids"]]
@@ -76,31 +67,33 @@ def check(argv: list[str] | None) -> int:
         at = argv.index("--recipe")
         recipe = argv[at + 1] if at + 1 < len(argv) else ""
         del argv[at:at + 2]
-    name = recipe_of(argv, recipe)
-    cfg = parse_config(ALL_RECIPES[name], argv)
+    row = recipes.choose(recipe, argv, default="sft")
+    name = row.name
+    cfg = parse_config(row.config_type(), argv)
     print(f"config ({name}): ok")
-    if name not in NORMALISERS:
+    decisions = Decisions(cfg, argv)  # the same decisions train would print
+    if row.rows is None:
         print("result: clean (config only: data and memory checks cover the decoder recipes)")
         return 0
     warnings = []
     args = cfg.training
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                revision=cfg.model.model_revision, trust_remote_code=args.trust_remote_code)
-    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=NORMALISERS[name])
+    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=NORMALISERS[row.rows])
     print(f"data: {len(train)} training rows" + (f", {len(evaluation)} validation rows" if evaluation else "")
           + ", every row valid")
 
-    if name == "sft" and "messages" in train.column_names:
+    if row.rows == "sft" and "messages" in train.column_names:
         if end_of_turn_is_trained(tokenizer):
             print("chat template: the end-of-turn token of assistant turns is inside the loss mask")
         else:
             warnings.append("the chat template leaves the assistant's end-of-turn token outside the loss mask: the "
                             "model will not learn to stop. Fix the template (chat_template_path).")
 
-    lengths = sequence_lengths(train, tokenizer, name)
+    lengths = sequence_lengths(train, tokenizer, row.rows)
     print(f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
           f"p95 {sorted(lengths)[int(0.95 * (len(lengths) - 1))]}, max {max(lengths)}")
-    limit = cfg.rewards.max_prompt_length if name in ("ppo", "grpo") else args.max_length
+    limit = cfg.rewards.max_prompt_length if row.rows == "prompt" else args.max_length
     if limit is not None and not getattr(args, "packing", False):
         over = sum(n > limit for n in lengths)
         if over:
@@ -108,23 +101,23 @@ def check(argv: list[str] | None) -> int:
             what = "dropped" if name == "reward" else "truncated"
             warnings.append(f"{over} of {len(lengths)} training rows are longer than max_length={limit} and will be "
                             f"{what}.")
-    warnings += memory_warnings(cfg, name, lengths)
+    warnings += memory_warnings(cfg, row, lengths, decisions)
     for warning in warnings:
         print(f"warning: {warning}")
     print("result: " + ("warnings" if warnings else "clean"))
     return 1 if warnings else 0
 
 
-def memory_warnings(cfg, name: str, lengths: list[int]) -> list[str]:
+def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Decisions) -> list[str]:
     from transformers import AutoConfig
 
-    from finetune_kit.memory import GIB, available_memory, choose_activation_checkpointing, estimate
+    from finetune_kit.memory import GIB, activation_checkpointing, available_memory, estimate
 
     args = cfg.training
     longest = max(lengths)
-    if name == "ppo":
+    if hasattr(cfg, "ppo"):
         batch, seq = cfg.ppo.mini_batch_size, longest + cfg.ppo.max_new_tokens
-    elif name == "grpo":
+    elif row.rows == "prompt":
         batch, seq = args.per_device_train_batch_size, longest + (args.max_completion_length or 256)
     else:
         batch, seq = args.per_device_train_batch_size, min(longest, args.max_length or longest)
@@ -132,11 +125,11 @@ def memory_warnings(cfg, name: str, lengths: list[int]) -> list[str]:
             seq = args.max_length or longest
     model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                               trust_remote_code=args.trust_remote_code)
-    if name not in ("ppo", "grpo"):  # the recipe's own choice, printed, so the estimate below matches the run
-        choose_activation_checkpointing(cfg, seq, sequences_per_example=2 if name in ("reward", "dpo") else 1)
+    if row.rows != "prompt":  # the recipe's own choice, printed, so the estimate below matches the run
+        decisions.add(cfg, activation_checkpointing(cfg, decisions.user, seq, row.sequences_per_example))
     result = estimate(model_config, cfg.model, batch, seq, bool(args.bf16),
                       bool(getattr(args, "gradient_checkpointing", False)),
-                      sequences_per_example=2 if name in ("reward", "dpo", "kto") else 1)
+                      sequences_per_example=row.sequences_per_example)
     free, where = available_memory()
     print(f"memory: {result.describe()}; batch {batch} x {seq} tokens; {free / GIB:.1f} GiB {where}")
     if result.total > free:

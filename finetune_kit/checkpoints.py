@@ -18,8 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 STAGING = ".checkpoint-staging"
 

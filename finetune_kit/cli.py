@@ -1,7 +1,10 @@
 """`finetune-kit`: the command-line entry point.
 
-    finetune-kit train sft --config recipes/configs/sft_lora_smollm2.yaml [--key value ...]
-    finetune-kit check --config recipes/configs/sft_lora_smollm2.yaml     # exit 0 clean, 1 warnings, 2 errors
+    finetune-kit recipes                                                   # the recipes and their shipped configs
+    finetune-kit init sft_lora_smollm2 my_sft.yaml                         # a shipped config to start from
+    finetune-kit train sft --config sft_lora_smollm2 [--key value ...]     # a shipped config's name, or a path
+    finetune-kit train --config my_sft.yaml                                # the recipe named by the config
+    finetune-kit check --config my_sft.yaml          # exit 0 clean, 1 warnings, 2 errors
     finetune-kit chat --model runs/sft-smollm2-lora
     finetune-kit generate --model runs/sft-smollm2-lora --input prompts.jsonl --output answers.jsonl
     finetune-kit serve --model runs/sft-smollm2-lora --port 8000
@@ -9,36 +12,19 @@
     finetune-kit tokenize smollm2-135m-instruct "Hello there" [--chat]
     finetune-kit inspect runs/sft-smollm2-lora
     finetune-kit predict --model runs/text-classification-minilm-sst2 --text "a gorgeous film"
-    finetune-kit tune --config recipes/configs/text_classification_minilm_sst2_tune.yaml --trials 12
+    finetune-kit tune --config text_classification_minilm_sst2_tune --trials 12
     finetune-kit report runs/sft-smollm2-lora                              # report.html + PNG plots
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from finetune_kit import recipes
 from finetune_kit.errors import UserError, run_cli
-
-# Recipes are readable scripts in the source tree (recipes/<name>.py), run here exactly as `python recipes/x.py`.
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.py") if not p.name.startswith("_"))
-
-
-def load_recipe(name: str):
-    path = RECIPES_DIR / f"{name}.py"
-    if not path.is_file():
-        raise UserError(f"unknown recipe '{name}'; available: {', '.join(available_recipes()) or 'none found'}.")
-    spec = importlib.util.spec_from_file_location(f"finetune_kit_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,11 +50,14 @@ def _options(args):
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="finetune-kit", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", help="run a training recipe", add_help=False)
-    train.add_argument("recipe", help=f"one of: {', '.join(available_recipes())}")
+    commands.add_parser("train", add_help=False, help="run a training recipe: train [RECIPE] --config CONFIG "
+                        f"[--key value ...]; RECIPE one of {', '.join(recipes.names())}, default the one the config names")
     commands.add_parser("check", help="check a config, its data and its memory need before training (reads no "
-                        "weights); --recipe NAME when the config's file name does not start with it",
-                        add_help=False)
+                        "weights); --recipe NAME when the config names none", add_help=False)
+    commands.add_parser("recipes", help="the recipes, one line each, with their shipped configs")
+    init = commands.add_parser("init", help="copy a shipped config as a starting point: init NAME [PATH]")
+    init.add_argument("name", help="a shipped config (see `finetune-kit recipes`)")
+    init.add_argument("path", nargs="?", type=Path, help="where to write it (default: ./NAME.yaml)")
     commands.add_parser("tune", help="Optuna search over the `tune:` space of a recipe YAML (--trials N, "
                         "--study_dir D); run again to continue an interrupted study", add_help=False)
     report = commands.add_parser("report", help="plots and report.html for a finished run folder")
@@ -114,8 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> None:
     args, rest = _build_parser().parse_known_args(argv)
-    if args.command == "train":
-        return load_recipe(args.recipe).main(rest)
+    if args.command == "train":  # the recipe's name, when given, comes first; the rest are the recipe's arguments
+        named = rest.pop(0) if rest and not rest[0].startswith("-") else None
+        return recipes.choose(named, rest).load().main(rest)
     if args.command == "check":
         from finetune_kit.check import check
 
@@ -127,16 +117,30 @@ def _main(argv: list[str] | None) -> None:
     if rest:
         raise UserError(f"finetune-kit {args.command}: unrecognized arguments: {' '.join(rest)}")
     if args.command in ("chat", "generate", "serve"):
-        from finetune_kit.models import load_for_inference
+        from finetune_kit.models import load_for_inference, require_generative
 
-        prompts = _read_prompts(args.input) if args.command == "generate" else None  # bad input before the model
+        # Everything checkable without weights first: options, the prompts file, the output path, the port.
+        options = _options(args) if args.command != "serve" else None
+        prompts = _read_prompts(args.input) if args.command == "generate" else None
+        if args.command == "generate":
+            _require_output_file(args.output, "--output")
+            if args.batch_size < 1:
+                raise UserError(f"--batch_size must be a positive integer, got {args.batch_size}.")
+        if args.command == "serve" and not (0 < args.port < 65536 and args.max_tokens_limit >= 1):
+            raise UserError(f"serve: --port must be in 1-65535 (got {args.port}) and --max_tokens_limit >= 1 "
+                            f"(got {args.max_tokens_limit}).")
+        require_generative(args.model)
         model, tokenizer = load_for_inference(args.model)
-    if args.command == "chat":
+    if args.command == "recipes":
+        _list_recipes()
+    elif args.command == "init":
+        _init(args.name, args.path)
+    elif args.command == "chat":
         from finetune_kit.chat import chat_loop
 
-        chat_loop(model, tokenizer, _options(args), system=args.system)
+        chat_loop(model, tokenizer, options, system=args.system)
     elif args.command == "generate":
-        _generate(model, tokenizer, prompts, args)
+        _generate(model, tokenizer, prompts, options, args)
     elif args.command == "serve":
         from finetune_kit.serve import serve
 
@@ -163,6 +167,47 @@ def _main(argv: list[str] | None) -> None:
         print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
 
 
+def _list_recipes() -> None:
+    width = max(len(name) for name in recipes.names())
+    for row in recipes.RECIPES:
+        print(f"{row.name:<{width}}  {row.summary}")
+        for config in row.shipped_configs():
+            print(f"{'':<{width}}    --config {config}")
+    print("\nfinetune-kit init <config> [path] copies one to edit; finetune-kit train <recipe> --config <config or path>")
+
+
+# The keys a user edits first in a copied config (those the config has), with what to put there.
+FIRST_KEYS = {"model_name_or_path": "your checkpoint: a hub id, a local folder or a .gguf file",
+              "dataset_name": "your data: a local file / folder or a hub dataset id",
+              "output_dir": "where the run is written", "reward_model": "your reward-model run folder"}
+
+
+def _init(name: str, path: Path | None) -> None:
+    from finetune_kit.files import write_atomic
+    from finetune_kit.yaml_config import config_path, read_yaml_config
+
+    source = config_path(name)
+    if source.parent != recipes.CONFIGS_DIR:
+        raise UserError(f"init: '{name}' is not a shipped config; one of: {', '.join(recipes.shipped_configs())}.")
+    target = path or Path(f"{source.stem}.yaml")
+    if target.is_dir():
+        target = target / f"{source.stem}.yaml"
+    if target.exists():
+        raise UserError(f"init: {target} exists; choose another path (nothing was written).")
+    text = source.read_text()
+    recipe = recipes.recipe_named_by(source)
+    if recipes.RECIPE_KEY not in read_yaml_config(source):  # the copy keeps its recipe whatever it is renamed to
+        text = f"{recipes.RECIPE_KEY}: {recipe}\n" + text
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text)
+    keys = read_yaml_config(target)
+    print(f"wrote {target} (recipe {recipe}). Edit first:")
+    for key, what in FIRST_KEYS.items():
+        if key in keys:
+            print(f"  {key}: {keys[key]!r}  <- {what}")
+    print(f"then: finetune-kit check --config {target} && finetune-kit train --config {target}")
+
+
 def _read_prompts(path: Path) -> list[str]:
     from finetune_kit.data.readers import read_file
 
@@ -176,14 +221,25 @@ def _read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def _generate(model, tokenizer, prompts: list[str], args) -> None:
+def _require_output_file(path: Path, flag: str) -> None:
+    """An output file's path must name a file in a writable folder: checked before a model loads."""
+    import os
+
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path (nothing was written).")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {folder} is not a writable folder (nothing was written).")
+
+
+def _generate(model, tokenizer, prompts: list[str], options, args) -> None:
     from tqdm.auto import tqdm
 
+    from finetune_kit.files import atomic_output
     from finetune_kit.generation import generate_batch
 
-    options = _options(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w") as out:
+    with atomic_output(args.output) as out:  # an existing file is replaced only by a complete new one
         for start in tqdm(range(0, len(prompts), args.batch_size), desc="Generating", unit="batch"):
             batch = prompts[start:start + args.batch_size]
             for prompt, answer in zip(batch, generate_batch(model, tokenizer, batch, options)):
@@ -214,6 +270,8 @@ def _predict(args) -> None:
         pairs = [row[args.text_pair_column] for _, row in rows] if args.text_pair_column else None
     if pairs is not None and len(pairs) != len(texts):
         raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
+    if args.output:
+        _require_output_file(args.output, "--output")
     model, tokenizer = load_for_inference(args.model, merge=True)
     kind = type(model).__name__
     if "TokenClassification" in kind:
@@ -222,7 +280,10 @@ def _predict(args) -> None:
         results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
     lines = [json.dumps(r) for r in results]
     if args.output:
-        args.output.write_text("\n".join(lines) + "\n")
+        from finetune_kit.files import write_atomic
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.output, "\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
 

@@ -19,14 +19,16 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
+import datasets
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 from trl import ModelConfig
 
 from finetune_kit.errors import ConfigError
+from finetune_kit.hardware import bf16_is_fast, has_accelerator
+from finetune_kit.yaml_config import RECIPE_KEY, read_yaml_config
 
 C = TypeVar("C")
 
@@ -111,6 +113,44 @@ class RunArguments:
         "help": "Write report.html and PNG plots (loss, learning rate, metrics) into the run folder at the end."})
 
 
+def length_grouped_sampling():
+    """The `train_sampling_strategy` field of recipes whose rows vary in length (one field object per class)."""
+    return field(default="group_by_length", metadata={
+        "help": "Training sampler: group_by_length (default here: less padding), random, sequential, "
+                "batch_rebalance."})
+
+
+def machine_defaults(args) -> None:
+    """Shared by the recipes' training arguments, before transformers validates them."""
+    if not args.output_dir:  # transformers would write to ./trainer_output; a run folder should be chosen
+        raise ValueError("output_dir is required.")
+    if args.disable_tqdm is None and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        # A log file or CI log (not a terminal, not a notebook: Jupyter's stderr is no TTY either but shows bars
+        # well) gets the logged numbers, not thousands of redrawn progress bars.
+        args.disable_tqdm = True
+        datasets.disable_progress_bars()
+    if args.bf16 is None:
+        args.bf16 = not args.fp16 and bf16_is_fast()
+    if (args.bf16 or args.fp16) and not has_accelerator():
+        args.use_cpu = True  # transformers only allows CPU autocast when told it runs on the CPU
+
+
+@dataclass
+class TrainerArguments(TrainingArguments):
+    """transformers' `TrainingArguments` with the machine defaults: the trainer of the encoder / vision tasks, and
+    the optimiser, schedule and logging settings of our PPO loop."""
+
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; default: on where the hardware runs it natively."}
+    )
+    # Named and placed as in trl's configs, so the key means the same in every recipe.
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a hub checkpoint."})
+
+    def __post_init__(self):
+        machine_defaults(self)
+        super().__post_init__()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
 
@@ -146,22 +186,6 @@ def _unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
 
 
 TUNE_KEY = "tune"
-
-
-def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file as a flat mapping, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values, got {type(data).__name__}.")
-    return data
 
 
 def mapping_keys(config_type: type) -> set[str]:
@@ -236,11 +260,15 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
 
     yaml_args: list[str] = []
     nulls: dict[str, Any] = {}
+    raw = read_yaml_config(config_path) if config_path is not None else {}
     if config_path is not None:
         nested_ok = mapping_keys(config_type)
-        for key, value in read_yaml_config(config_path).items():
+        for key, value in raw.items():
             if key == TUNE_KEY:
                 continue  # the search space of `finetune-kit tune` (finetune_kit/tune.py); training ignores it
+            if key == RECIPE_KEY:
+                _require_recipe(value, config_type, config_path)
+                continue
             if f"--{key}" not in parser._option_string_actions:
                 raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
             if isinstance(value, dict) and key not in nested_ok:
@@ -250,6 +278,7 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
             else:
                 yaml_args += _yaml_value_to_args(key, value)
     _check_cli_keys(cli_args, parser, known)
+    _refuse_unread_keys(config_type, raw, cli_args, config_path)
     parser.set_defaults(**nulls)
 
     try:
@@ -265,6 +294,33 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
     if problems:
         raise ConfigError("invalid config: " + " ".join(problems))
     return config
+
+
+def _refuse_unread_keys(config_type: type, yaml_keys: dict, cli_args: list[str], config_path: str | None) -> None:
+    """A key the recipe would accept and ignore (recipe table `unread` / `training_reads`) is refused by name."""
+    from finetune_kit import recipes
+
+    row = recipes.for_config_type(config_type)
+    if row is None or (not row.unread and row.training_reads is None):
+        return
+    training_part = config_parts(config_type).get("training")
+    training = {f.name for f in dataclasses.fields(training_part)} if training_part else set()
+    given = [(k, f"config file {config_path}") for k in yaml_keys if k not in (TUNE_KEY, RECIPE_KEY)]
+    given += [(a.split("=", 1)[0][2:], "command line") for a in cli_args if a.startswith("--")]
+    for key, where in given:
+        problem = recipes.refused_key(row, key, training)
+        if problem:
+            raise ConfigError(f"{problem} ({where}).")
+
+
+def _require_recipe(named: Any, config_type: type, config_path: str) -> None:
+    """A config that names its recipe (`recipe: dpo`) is refused by any other recipe."""
+    from finetune_kit import recipes
+
+    row = recipes.for_config_type(config_type)
+    if row is not None and named != row.name:
+        raise ConfigError(f"config file {config_path} is for recipe '{named}' (key '{RECIPE_KEY}'), not '{row.name}': "
+                          f"run `finetune-kit train {named} --config {config_path}`, or change the key.")
 
 
 def register_checks(config_type: type, *checks: Callable[[Any], str | None]) -> None:

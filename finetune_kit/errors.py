@@ -24,12 +24,46 @@ class DataError(UserError):
     """A dataset file or row is wrong."""
 
 
+# Set to see the traceback of a user error too (for a bug report): FINETUNE_KIT_DEBUG=1 finetune-kit ...
+DEBUG_ENV = "FINETUNE_KIT_DEBUG"
+
+# Library failures that are user mistakes the config checks cannot see before the model exists: (exception type,
+# text in its message, what to tell the user). Anything else keeps its traceback.
+KNOWN_LIBRARY_ERRORS = (
+    (ValueError, "not found in the base model", "lora_target_modules names modules the model does not have ({}). "
+                                               "Use [all-linear], or names from `finetune-kit inspect <model>`."),
+    (ValueError, "Please check the target modules", "lora_target_modules matches no module of the model ({}). "
+                                                    "Use [all-linear], or names from `finetune-kit inspect <model>`."),
+)
+
+
+def known_library_error(err: BaseException) -> str | None:
+    for kind, text, message in KNOWN_LIBRARY_ERRORS:
+        if isinstance(err, kind) and text in str(err):
+            return message.format(str(err).splitlines()[0][:300])
+    return None
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run `main(argv)`; on `UserError` print one paragraph and exit 2 instead of a traceback."""
+    """Run `main(argv)`; a user mistake prints one paragraph and exits 2 instead of a traceback (FINETUNE_KIT_DEBUG=1
+    shows it); an unexpected error keeps its traceback and asks for a bug report."""
+    import os
+
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         main(argv)
     except UserError as err:
+        if debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except Exception as err:
+        message = known_library_error(err)
+        if message is None or debug:
+            print("finetune_kit: unexpected error (a bug, or a case we do not check yet): please report it with the "
+                  f"traceback below; {DEBUG_ENV}=1 also shows tracebacks of user errors.", file=sys.stderr)
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()

@@ -7,6 +7,8 @@ config (for generative models), label names (for classifiers) and a model card n
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,14 +23,32 @@ def export_model(source: str, out_dir: str, dtype: str = "float32", overwrite: b
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     out = Path(out_dir)
+    src = Path(source).expanduser()
+    if src.exists() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
+        raise UserError(f"--out {out} is the source run (or inside it); export to another folder.")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder (nothing was changed).")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; nothing was changed. Choose another folder or pass --overwrite.")
     model, tokenizer = load_for_inference(source, merge=True)
     model = model.to(getattr(torch, dtype))
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # safetensors, config (with id2label for classifiers), generation config
-    tokenizer.save_pretrained(out)
-    (out / "README.md").write_text(model_card(source, dtype, model))
+    # Written whole into a staging folder beside `out`, then swapped in: a failed export leaves `out` as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)  # safetensors, config (with id2label for classifiers), generation config
+        tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(model_card(source, dtype, model))
+        old = out.parent / f".{out.name}.replaced-export" if out.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from finetune_kit.errors import UserError
+
+# Forces the bf16 decision (1 = on, 0 = off) whatever the hardware says: how the test suite runs as a machine of the
+# other kind would (Makefile `test`), and how a user overrides a wrong guess for every recipe at once.
+BF16_ENV = "FINETUNE_KIT_BF16"
+_ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
 def bf16_is_fast() -> bool:
+    """The bf16 default of every recipe: FINETUNE_KIT_BF16 when set, else `native_bf16()`."""
+    forced = os.environ.get(BF16_ENV, "").strip().lower()
+    if forced in _ON or forced in _OFF:
+        return forced in _ON
+    if forced:
+        raise UserError(f"{BF16_ENV}={os.environ[BF16_ENV]!r}: use 1 (bf16 on) or 0 (off), or unset it to let the "
+                        "hardware decide.")
+    return native_bf16()
+
+
+def bf16_reason() -> str:
+    """Why `bf16_is_fast()` answered as it did, for the run's record."""
+    if os.environ.get(BF16_ENV, "").strip():
+        return f"{BF16_ENV}={os.environ[BF16_ENV]}"
+    if torch.cuda.is_available():
+        return "CUDA GPU " + ("with" if torch.cuda.is_bf16_supported() else "without") + " bf16"
+    return "native bf16 on this CPU (AVX512-BF16 / AMX)" if native_bf16() else \
+        "no native bf16 on this CPU (no AVX512-BF16 / AMX): fp32, bf16 would be emulated and slower"
+
+
+def native_bf16() -> bool:
     """True where bf16 mixed precision runs natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX.
 
     On other CPUs torch emulates bf16 and a training step gets several times slower, so fp32 is the default there.
@@ -25,8 +55,9 @@ def has_accelerator() -> bool:
 FLASH = ("flash_attention_2", "flash_attention_3")
 
 
-def choose_fast_paths(cfg) -> None:
-    """Defaults for what the config left unset, from what is installed and the hardware (an SFT-family config).
+def fast_path_decisions(cfg, user: set[str]) -> list:
+    """Defaults for the keys an SFT-family config left unset (`user`: the keys set), from what is installed and the
+    hardware; returned as decisions (finetune_kit.decisions), applied by the caller.
 
     - attention: flash_attention_2 on a CUDA GPU with the flash-attn package and 16-bit training; else the
       library's default (sdpa).
@@ -39,35 +70,50 @@ def choose_fast_paths(cfg) -> None:
     """
     import importlib.util
 
+    from finetune_kit.decisions import Decision
+
     model, args = cfg.model, cfg.training
     cuda = torch.cuda.is_available()
-    if model.attn_implementation is None and cuda and (args.bf16 or args.fp16) and \
+    made = []
+    attention = model.attn_implementation
+    if "attn_implementation" not in user and cuda and (args.bf16 or args.fp16) and \
             importlib.util.find_spec("flash_attn") is not None:
-        model.attn_implementation = "flash_attention_2"
-    if getattr(args, "packing_auto", False):
-        args.packing = str(model.attn_implementation or "").startswith(FLASH)
-    if getattr(args, "use_liger_kernel_auto", False):
-        args.use_liger_kernel = cuda and importlib.util.find_spec("liger_kernel") is not None
+        attention = "flash_attention_2"
+        made.append(Decision("attn_implementation", attention, "CUDA, 16-bit training, flash-attn installed"))
+    if "packing" not in user:
+        flash = str(attention or "").startswith(FLASH)
+        made.append(Decision("packing", flash, "flash attention: packed rows cost what their examples cost" if flash
+                             else "no flash attention: length-grouped padded batches instead"))
+    if "use_liger_kernel" not in user:
+        liger = cuda and importlib.util.find_spec("liger_kernel") is not None
+        made.append(Decision("use_liger_kernel", liger, "CUDA with liger-kernel installed" if liger
+                             else "needs a CUDA GPU and the liger-kernel package"))
+    return made
 
 
 # Vocabulary columns per tile of trl's fused LM head where its tiles are folded in torch ops (no Triton: the CPU).
 TORCH_LM_HEAD_TILE = 4096
 
 
-def narrow_lm_head_tiles(device) -> None:
+def narrow_lm_head_tiles(device):
     """Narrow trl's fused-LM-head tiles (32768 vocabulary columns) to TORCH_LM_HEAD_TILE where Triton cannot run.
 
     There trl folds each [tokens, width] tile in torch ops whose backward holds ~8 fp32 copies of the tile: ~1 GB of
     transient peak at 1k tokens, 4 GB at 4k, the largest single term of a small model's peak. At 4096 columns the
     same step peaks 4-7x lower and runs ~25% faster, with the same loss and gradients
     (benchmarks/results/lm_head_tiles.json; the equality is a test). trl exposes no setting for it, so this sets
-    its module constant; a trl without it is left alone.
+    its module constant; a trl without it is left alone. Returns the decision, or None when nothing changed.
     """
+    from finetune_kit.decisions import Decision
+
     try:
         import trl.trainer.utils as trl_utils
         from trl.kernels.chunked_logprob import _use_triton
     except ImportError:
-        return
+        return None
     wide = getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 0) > TORCH_LM_HEAD_TILE
     if wide and not _use_triton(torch.device(device)):
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = TORCH_LM_HEAD_TILE
+        return Decision("lm_head_tile_columns", TORCH_LM_HEAD_TILE, f"no Triton on {device}: trl's fused LM head "
+                        "folds its tiles in torch ops, and narrower tiles hold less memory")
+    return None

@@ -10,17 +10,11 @@ import struct
 from math import prod
 from pathlib import Path
 
+from finetune_kit import recipes
 from finetune_kit.errors import UserError
 from finetune_kit.models import EMBEDDED, embedded_path
 
 VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model"}
-# Which recipes fit each family (the ones present in recipes/ are shown).
-FAMILY_RECIPES = {
-    "decoder": ["sft", "pretrain", "reward", "dpo", "kto", "ppo", "grpo"],
-    "encoder": ["text_classification", "token_classification", "question_answering", "masked_lm"],
-    "vision": ["image_classification"],
-    "encoder-decoder": [],
-}
 FAMILY_HEADS = {
     "decoder": ["CausalLM (generation)", "SequenceClassification (reward model)"],
     "encoder": ["SequenceClassification", "TokenClassification", "QuestionAnswering", "MaskedLM"],
@@ -75,15 +69,8 @@ def describe_gguf(path: Path) -> dict:
             "quantization": sorted({t.tensor_type.name for t in reader.tensors}),
             "chat_template": field("tokenizer.chat_template") is not None,
             "context_length": field(f"{arch}.context_length"),
-            "heads": FAMILY_HEADS["decoder"], "recipes": _recipes("decoder"),
+            "heads": FAMILY_HEADS["decoder"], "recipes": recipes.for_family("decoder"),
             "note": "trained after a one-time dequantization into safetensors (see finetune_kit.models)"}
-
-
-def _recipes(family: str) -> list[str]:
-    from finetune_kit.cli import available_recipes
-
-    present = set(available_recipes())
-    return [r for r in FAMILY_RECIPES[family] if r in present]
 
 
 def describe(source: str) -> dict:
@@ -119,7 +106,7 @@ def describe(source: str) -> dict:
                "parameters": safetensors_parameters(folder) if folder else None,
                "size_on_disk": _size(folder.iterdir()) if folder else None,
                "modality": "image" if family == "vision" else "text",
-               "heads": FAMILY_HEADS[family], "recipes": _recipes(family)}
+               "heads": FAMILY_HEADS[family], "recipes": recipes.for_family(family)}
     if folder:
         tok = folder / "tokenizer_config.json"
         summary["tokenizer"] = json.loads(tok.read_text()).get("tokenizer_class") if tok.is_file() else None

@@ -115,22 +115,24 @@ def device_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example: int = 1) -> None:
-    """Decide `activation_checkpointing` where the config left it unset (TrlMachineDefaults marks that).
+def activation_checkpointing(cfg, user: set[str], seq_length: int, sequences_per_example: int = 1):
+    """The `activation_checkpointing` decision where the config left it unset (`user`: the keys set), or None.
 
     On, as in trl and LLaMA-Factory, unless the longest micro-batch's activations are under a tenth of the estimated
     peak without it: then recomputing them (~20-30% more compute) would cut the peak by almost nothing. Always on
     when the estimate passes 80% of the device's memory. Speed-first runs that know they fit set
     `activation_checkpointing: false`. Decided from totals, not free memory, so every rank decides the same.
     """
+    from finetune_kit.decisions import Decision
+
     args = cfg.training
-    if not getattr(args, "activation_checkpointing_auto", False):
-        return
+    if user & {"activation_checkpointing", "gradient_checkpointing"}:
+        return None
     # FSDP recomputes block activations itself (fsdp_activation_checkpointing, set by `accelerate launch` from the
     # launcher config); transformers refuses both at once.
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true" or \
             (args.fsdp_config or {}).get("activation_checkpointing"):
-        return
+        return None
     from transformers import AutoConfig
 
     from finetune_kit.models import resolve_checkpoint
@@ -140,14 +142,13 @@ def choose_activation_checkpointing(cfg, seq_length: int, sequences_per_example:
                                                   revision=cfg.model.model_revision,
                                                   trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError):
-        return  # unreadable config: the model load right after reports it, with the recipe's own clear error
+        return None  # unreadable config: the model load right after reports it, with the recipe's own clear error
     result = estimate(model_config, cfg.model, args.per_device_train_batch_size, seq_length, bool(args.bf16), False,
                       sequences_per_example=sequences_per_example)
     on = result.activations >= CHECKPOINTING_MIN_SHARE * result.total or result.total > 0.8 * device_memory()
-    args.activation_checkpointing = args.gradient_checkpointing = on
-    print(f"activation checkpointing {'on' if on else 'off'} (auto): activations of a {args.per_device_train_batch_size}"
-          f" x {seq_length}-token micro-batch ~{result.activations / GIB:.2f} GiB of an estimated "
-          f"{result.total / GIB:.1f} GiB peak without it; set activation_checkpointing to choose", flush=True)
+    return Decision("activation_checkpointing", on, f"activations of a {args.per_device_train_batch_size} x "
+                    f"{seq_length}-token micro-batch ~{result.activations / GIB:.2f} GiB of an estimated "
+                    f"{result.total / GIB:.1f} GiB peak without it; set activation_checkpointing to choose")
 
 
 def longest_sequence(dataset, max_length: int | None, packing: bool = False) -> int:

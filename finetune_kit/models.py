@@ -249,6 +249,27 @@ def _task_of(folder: Path) -> str | None:
     return None
 
 
+def require_generative(path: str) -> None:
+    """chat / generate / serve need a causal LM: an encoder or a classifier would load with a random LM head and
+    answer nonsense. Decided from the config files, before any weights load."""
+    resolved = Path(resolve_checkpoint(path))
+    if not resolved.is_dir():
+        return  # a hub id or .gguf: the model load answers for itself
+    adapter = read_adapter_config(resolved)
+    task = (adapter or {}).get("task_type") or _task_of(resolved)
+    config = resolved / "config.json"
+    if task in (None, "CAUSAL_LM") and adapter is None and config.is_file():
+        import transformers
+
+        from finetune_kit.inspect_model import family_of
+
+        family = family_of(transformers.AutoConfig.from_pretrained(resolved))
+        task = None if family == "decoder" else family
+    if task not in (None, "CAUSAL_LM"):
+        raise UserError(f"{path} is not a generative (causal LM) model ({task}): chat, generate and serve need one; "
+                        "`finetune-kit predict` classifies with encoders and classifiers.")
+
+
 def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool = False):
     """Model and tokenizer from a run folder (base + adapter, or a full model) or any checkpoint, in eval mode.
 

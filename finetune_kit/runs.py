@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from finetune_kit.errors import UserError
+from finetune_kit.files import write_atomic
 
 RUN_INFO = "run_info.json"
 PACKAGES = ("finetune-kit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
@@ -30,10 +30,15 @@ def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: s
     `resume_from_checkpoint` is a checkpoint folder, or true / latest for the newest one in output_dir.
     """
     out = Path(output_dir)
+    aside = out.parent / REPLACED.format(name=out.name)
+    if aside.is_dir():
+        print(f"note: {aside} holds what an interrupted --overwrite_output_dir run set aside from {out}",
+              file=sys.stderr)
     if resume_from_checkpoint:
         return _checkpoint_to_resume(out, resume_from_checkpoint)
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir {out} exists and is a file, not a folder.")
+    _require_writable(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         what = "a finished run" if (out / RUN_INFO).is_file() else "files from an earlier run"
         raise UserError(
@@ -41,6 +46,13 @@ def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: s
             "with --resume_from_checkpoint latest, or replace it with --overwrite_output_dir true."
         )
     return None
+
+
+def _require_writable(out: Path) -> None:
+    """The output folder (or the nearest folder that exists above it) must take new files: checked before any work."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir {out}: {existing} is not a writable folder; choose another output_dir.")
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -90,12 +102,38 @@ def _checkpoint_to_resume(out: Path, resume: str) -> str:
     return resume
 
 
-def clear_output_dir(output_dir: str) -> None:
-    """Empty output_dir for --overwrite_output_dir, called only once data and model have loaded."""
+# --overwrite_output_dir never destroys a finished run before the new one has proved it can train: its contents are
+# moved into a hidden sibling folder once the trainer is built, restored if the new run fails before its first
+# optimizer step, and deleted after that step (trainer_setup.prepare_trainer). A process killed in between leaves
+# them in that folder, which check_output_dir points out.
+REPLACED = ".{name}.replaced"
+
+
+def set_aside(output_dir: str) -> Path | None:
+    """Move the contents of output_dir into a hidden sibling folder; returns it (None: nothing to keep)."""
     out = Path(output_dir)
-    if out.is_dir():
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    aside = out.parent / REPLACED.format(name=out.name)
+    if aside.exists():  # the leftover of a killed replacement holds the older run: never overwrite it
+        raise UserError(f"{aside} holds the contents of {out} from an interrupted replacement; move it back or delete "
+                        "it, then run again (nothing was changed).")
+    aside.mkdir()
+    for child in out.iterdir():
+        child.rename(aside / child.name)
+    return aside
+
+
+def restore(output_dir: str, aside: Path) -> None:
+    """Put the set-aside contents back, removing what the failed run wrote in their place."""
+    out = Path(output_dir)
+    for child in list(out.iterdir()) if out.is_dir() else []:
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for child in aside.iterdir():
+        child.rename(out / child.name)
+    aside.rmdir()
+    print(f"the run failed before its first step: {out} is restored as it was", file=sys.stderr)
 
 
 def record_base_model(output_dir: str, model_name_or_path: str) -> None:
@@ -106,7 +144,7 @@ def record_base_model(output_dir: str, model_name_or_path: str) -> None:
         # A local folder is recorded absolute, so the run loads from any working directory.
         local = Path(model_name_or_path).expanduser()
         config["base_model_name_or_path"] = str(local.resolve()) if local.exists() else model_name_or_path
-        _write_atomic(path, json.dumps(config, indent=2))
+        write_atomic(path, json.dumps(config, indent=2))
 
 
 def git_revision() -> str | None:
@@ -129,21 +167,22 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_run_files(output_dir: str, config: dict[str, Any], recipe: str, metrics: dict[str, Any],
-                    log_history: list[dict[str, Any]], report: bool = True) -> None:
+                    log_history: list[dict[str, Any]], report: bool = True, decisions=None) -> None:
     """Write config.yaml, log_history.json and run_info.json (its presence marks the run finished), then the report."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    _write_atomic(out / "log_history.json", json.dumps(log_history, indent=1))
+    write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_atomic(out / "log_history.json", json.dumps(log_history, indent=1))
     info = {
         "recipe": recipe,
         "command": [sys.executable, *sys.argv],
         "git_revision": git_revision(),
         "versions": package_versions(),
         "metrics": metrics,
+        "decisions": decisions.record() if decisions is not None else {},
         "peak_memory_mb": peak_memory_mb(),
     }
-    _write_atomic(out / RUN_INFO, json.dumps(info, indent=2, default=str))
+    write_atomic(out / RUN_INFO, json.dumps(info, indent=2, default=str))
     if report:
         from finetune_kit.report import write_report
 
@@ -166,18 +205,13 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any]) -> None:
+def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any], decisions=None) -> None:
     """Save the model and everything that describes the run; only the main process writes.
 
     An adapter run also keeps its base config (label names, head size), so the adapter loads back onto the right
-    head, and records the base model as the user named it.
+    head, and records the base model as the user named it. The trainer's model card (README.md), eval_results.json,
+    config.yaml, run_info.json (with the decisions made for the user) and the report follow. Our PPO loop has the
+    same methods as a transformers Trainer for this (save_model, is_world_process_zero, create_model_card, state).
     """
     from finetune_kit.config import config_to_dict
 
@@ -186,7 +220,9 @@ def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any]) -> None:
     if not trainer.is_world_process_zero():
         return
     if getattr(cfg.model, "use_peft", False):
-        trainer.model.base_model.model.config.save_pretrained(args.output_dir)
+        getattr(trainer, "peft_model", trainer.model).base_model.model.config.save_pretrained(args.output_dir)
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
-    _write_atomic(Path(args.output_dir) / "eval_results.json", json.dumps(metrics, indent=2, default=str))
-    write_run_files(args.output_dir, config_to_dict(cfg), recipe, metrics, trainer.state.log_history, cfg.run.report)
+    trainer.create_model_card(model_name=Path(args.output_dir).name)
+    write_atomic(Path(args.output_dir) / "eval_results.json", json.dumps(metrics, indent=2, default=str))
+    write_run_files(args.output_dir, config_to_dict(cfg), recipe, metrics, trainer.state.log_history, cfg.run.report,
+                    decisions)

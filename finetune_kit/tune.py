@@ -1,6 +1,6 @@
 """`finetune-kit tune`: an Optuna study over a search space declared in the recipe's own YAML.
 
-    finetune-kit tune --config recipes/configs/text_classification_minilm_sst2_tune.yaml --trials 12 \
+    finetune-kit tune --config text_classification_minilm_sst2_tune --trials 12 \
         [--timeout_minutes 30] [--study_dir D] [--key value ...: overrides for every trial]
 
 The YAML is a normal recipe config plus a `tune:` block (training ignores it):
@@ -36,9 +36,16 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from finetune_kit.check import ALL_RECIPES, recipe_of
-from finetune_kit.config import (TUNE_KEY, ConfigError, _unknown_key_message, _yaml_value_to_args, known_keys,
-                                  parse_config, read_yaml_config)
+from finetune_kit import recipes
+from finetune_kit.config import (
+    TUNE_KEY,
+    ConfigError,
+    _unknown_key_message,
+    _yaml_value_to_args,
+    known_keys,
+    parse_config,
+    read_yaml_config,
+)
 from finetune_kit.errors import UserError
 from finetune_kit.guards import TrainingDiverged
 from finetune_kit.trainer_setup import driver_callbacks
@@ -162,8 +169,6 @@ def tune(argv: list[str]) -> dict[str, Any]:
     """Run (or continue) a study; returns the best trial's number, value, params and paths."""
     import optuna
 
-    from finetune_kit.cli import load_recipe
-
     parser = argparse.ArgumentParser(prog="finetune-kit tune", add_help=False)
     parser.add_argument("--config", required=True)
     parser.add_argument("--trials", type=int)
@@ -171,8 +176,8 @@ def tune(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--study_dir")
     parser.add_argument("--timeout_minutes", type=float, help="start no new trial after this long (a search budget)")
     args, overrides = parser.parse_known_args(argv)
-    recipe = recipe_of(["--config", args.config], args.recipe)
-    config_type = ALL_RECIPES[recipe]
+    row = recipes.choose(args.recipe, ["--config", args.config], default="sft")
+    config_type = row.config_type()
     raw = read_yaml_config(args.config)
     settings = parse_tune(raw.get(TUNE_KEY), args.config, known_keys(config_type))
     base = parse_config(config_type, ["--config", args.config, *overrides])  # the base config must be valid
@@ -181,7 +186,7 @@ def tune(argv: list[str]) -> dict[str, Any]:
         raise ConfigError("the number of trials: --trials N (>= 1) or tune.trials in the YAML.")
     study_dir = Path(args.study_dir or f"{base.training.output_dir}-tune")
     study_dir.mkdir(parents=True, exist_ok=True)
-    signature = {"config": str(Path(args.config).resolve()), "metric": settings["metric"],
+    signature = {"config": str(recipes.config_path(args.config).resolve()), "metric": settings["metric"],
                  "direction": settings["direction"], "space": sorted(settings["space"])}
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -207,7 +212,7 @@ def tune(argv: list[str]) -> dict[str, Any]:
     remaining = total - done
     print(f"study {study_dir}: {done} trial(s) done, {max(remaining, 0)} to run (of {total}); objective "
           f"eval_{settings['metric']} ({settings['direction']})")
-    module = load_recipe(recipe)
+    module = row.load()
 
     def objective(trial) -> float:
         params = sample(trial, settings["space"])

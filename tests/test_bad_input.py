@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, chat_rows, write_config, write_jsonl
-from finetune_kit.cli import load_recipe
+from finetune_kit import recipes
 from finetune_kit.errors import run_cli
 
 
@@ -30,7 +30,7 @@ def setup(tmp_path, tiny_model_dir):
 
 def run_sft(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(load_recipe("sft").main, argv)
+        run_cli(recipes.get("sft").load().main, argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import chat_rows, write_config, write_jsonl
-from finetune_kit.cli import load_recipe, main as cli_main
+from finetune_kit import recipes
+from finetune_kit.cli import main as cli_main
 from finetune_kit.errors import run_cli
 
 TIMINGS: dict[str, float] = {}
@@ -75,7 +76,7 @@ def ppo(e, rows=None, **cfg):
     rows = rows or [{"prompt": f"Say {w}"} for w in WORDS]
     base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("prompts.jsonl", rows), "use_peft": True,
             "output_dir": e["fresh"], "max_steps": 1, "rollout_batch_size": 2, "mini_batch_size": 2,
-            "reward_functions": [f"{e['tmp'] / 'r.py'}:score"], "report_to": "none"}
+            "reward_functions": [f"{e['tmp'] / 'r.py'}:score"]}
     (e["tmp"] / "r.py").write_text("def score(prompts, answers):\n    return [1.0] * len(answers)\n"
                                    "def raises(prompts, answers):\n    raise ValueError('no score')\n")
     return "ppo", {**base, **cfg}
@@ -213,6 +214,55 @@ CASES = {
                                      r"adapter_config\.json: corrupt adapter config", False),
     "reward function that raises": (lambda e: ppo(e, reward_functions=[f"{e['tmp'] / 'r.py'}:raises"]),
                                     r"reward .*r\.py:raises raised ValueError: no score", True),
+    # --- values check and train must both refuse (one validation path), before anything loads ---
+    "batch size -8": (lambda e: sft(e, per_device_train_batch_size=-8),
+                      r"per_device_train_batch_size must be a positive integer, got -8", False),
+    "gradient accumulation 0": (lambda e: sft(e, gradient_accumulation_steps=0),
+                                r"gradient_accumulation_steps must be a positive integer, got 0", False),
+    "lora dropout 1.5": (lambda e: sft(e, lora_dropout=1.5), r"lora_dropout must be in \[0, 1\), got 1\.5", False),
+    "lora alpha -16": (lambda e: sft(e, lora_alpha=-16), r"lora_alpha must be positive, got -16", False),
+    "zero epochs": (lambda e: sft(e, max_steps=-1, num_train_epochs=0), r"num_train_epochs is 0.* train nothing", False),
+    "max_length 0": (lambda e: sft(e, max_length=0), r"max_length must be a positive number of tokens, got 0", False),
+    "dpo beta -1": (lambda e: pairs(e, beta=-1), r"beta must be positive, got -1", False),
+    "kto beta 0": (lambda e: pairs(e, "kto", rows=[{"prompt": "p", "completion": "c", "label": True}], beta=0),
+                   r"beta must be positive, got 0", False),
+    "one class": (lambda e: text_cls(e, rows=[{"text": f"{w} ok", "label": "pos"} for w in WORDS]),
+                  r"cls\.jsonl: every row has the label 'pos'; a classifier needs at least two classes", False),
+    "key given twice": (lambda e: ("cli", ["train", "sft", "--config", write(e, "dup.yaml", f"dataset_name: x\n"
+                                                                               "lora_r: 8\nlora_r: 16\n")]),
+                        r"dup\.yaml: key 'lora_r' is given twice \(line 3\)", False),
+    "a key the recipe ignores": (lambda e: text_cls(e, dtype="bfloat16"),
+                                 r"key 'dtype' does nothing in the text_classification recipe", False),
+    "a scheduler key for ppo": (lambda e: ppo(e, lr_scheduler_type="cosine"),
+                                r"key 'lr_scheduler_type' does nothing in the ppo recipe", False),
+    "config of another recipe": (lambda e: ("cli", ["train", "sft", "--config", write(e, "p.yaml", "recipe: dpo\n")]),
+                                 r"p\.yaml is for recipe 'dpo' \(key 'recipe'\), not 'sft'", False),
+    "config named by neither key nor name": (lambda e: ("cli", ["train", "--config", write(e, "mine.yaml", "lr: 1\n")]),
+                                             r"which recipe\? Name it", False),
+    # --- a finished run is never lost to a run that fails (the suite checks the output folder byte for byte) ---
+    "overwrite, then target modules matching nothing": (
+        lambda e: sft(e, output_dir=str(e["out"]), overwrite_output_dir=True, lora_target_modules=["nonexistent_proj"]),
+        r"lora_target_modules names modules the model does not have", True),
+    "output folder under a file": (  # root may write anywhere: a path through a file is unwritable for everyone
+        lambda e: sft(e, output_dir=str(e["out"] / "notes.txt" / "run"), overwrite_output_dir=True),
+        r"output_dir .*notes\.txt/run: .*notes\.txt is not a writable folder", False),
+    # --- commands that write files ---
+    "generate with an encoder onto an existing file": (
+        lambda e: ("cli", ["generate", "--model", e["bert"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
+                           "--output", str(e["out"] / "notes.txt")]),
+        r"is not a generative \(causal LM\) model", False),
+    "chat with an encoder": (lambda e: ("cli", ["chat", "--model", e["bert"]]), r"is not a generative", False),
+    "generate into a folder": (
+        lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
+                           "--output", str(e["out"])]), r"--output .*out is a folder; give a file path", False),
+    "generate batch size 0": (
+        lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
+                           "--output", str(e["tmp"] / "a.jsonl"), "--batch_size", "0"]),
+        r"--batch_size must be a positive integer, got 0", False),
+    "serve on port 70000": (lambda e: ("cli", ["serve", "--model", e["llama"], "--port", "70000"]),
+                            r"--port must be in 1-65535 \(got 70000\)", False),
+    "export onto its source": (lambda e: ("cli", ["export", str(e["out"]), "--out", str(e["out"]), "--overwrite"]),
+                               r"--out .*out is the source run", False),
 }
 
 
@@ -233,7 +283,7 @@ def test_bad_input(env, name, capsys, monkeypatch):
         if recipe == "cli":
             cli_main(cfg)
         else:
-            run_cli(load_recipe(recipe).main, ["--config", write_config(env["tmp"] / "cfg.yaml", cfg)])
+            run_cli(recipes.get(recipe).load().main, ["--config", write_config(env["tmp"] / "cfg.yaml", cfg)])
     TIMINGS[name] = time.perf_counter() - start
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err

@@ -16,6 +16,9 @@ from conftest import run_recipe, write_config, write_jsonl
 from finetune_kit.errors import DataError, UserError
 from finetune_kit.tasks import classification as clf
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 POS = ["great", "lovely", "superb", "wonderful", "fine"]
 NEG = ["awful", "boring", "dreadful", "poor", "dull"]
 
@@ -225,7 +228,7 @@ def test_best_checkpoint_is_kept_by_the_chosen_metric(tmp_path, tiny_bert_dir):
 
 def test_class_weights_from_yaml_train(tmp_path, tiny_bert_dir):
     from finetune_kit.config import parse_config
-    from finetune_kit.recipe_configs import TextClassificationConfig
+    from finetune_kit.config_tasks import TextClassificationConfig
 
     argv = config(tmp_path, tiny_bert_dir, sentiment_rows(64, minority_every=4), class_weights=[1, 3],
                   num_train_epochs=1)

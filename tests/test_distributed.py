@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, chat_rows, write_config, write_jsonl
+from conftest import PRECISIONS, ROOT, chat_rows, write_config, write_jsonl
+
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
 
 ACCELERATE_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
 
@@ -34,9 +37,10 @@ def losses(out: Path) -> list[float]:
     return [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
 
 
-def test_sft_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, python):
+@pytest.mark.parametrize("bf16", PRECISIONS)
+def test_sft_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, python, bf16):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(64))
-    base = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 8,
+    base = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 8,
             "lora_dropout": 0.0, "learning_rate": 1e-2, "max_steps": 6, "logging_steps": 1, "max_length": 64, "save_strategy": "steps",
             "save_steps": 6, "report_to": "none", "disable_tqdm": True, "seed": 0, "shuffle_dataset": False}
     runs = {}
@@ -50,8 +54,10 @@ def test_sft_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_m
     one, two = losses(runs[1]), losses(runs[2])
     assert len(one) == len(two) == 6
     # Same samples per step and the loss averaged over all tokens of the global batch (no dropout, so no
-    # per-process randomness): the curves agree to float32 reduction-order noise.
-    assert two == pytest.approx(one, rel=1e-4), (one, two)
+    # per-process randomness): the curves agree to float32 reduction-order noise, or in bf16 to about two of its
+    # roundoffs (u = 2**-9 ~ 2e-3: batches of 4 and 8 round different intermediates, six steps compound them;
+    # seen: 6e-4).
+    assert two == pytest.approx(one, rel=4e-3 if bf16 else 1e-4), (one, two)
     assert [p.name for p in runs[2].glob("checkpoint-*")] == ["checkpoint-6"]
     assert (runs[2] / "adapter_model.safetensors").is_file() and (runs[2] / "run_info.json").is_file()
 

@@ -10,6 +10,9 @@ import torch
 from conftest import chat_rows, run_recipe, write_config, write_jsonl
 from finetune_kit.guards import NonFiniteGuard, TrainingDiverged
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 
 class Args:
     output_dir = "/nonexistent"

@@ -12,6 +12,9 @@ from conftest import run_recipe, write_config
 from finetune_kit.errors import DataError
 from finetune_kit.tasks import images as img
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 
 def write_images(root, count_per_label=12):
     from PIL import Image

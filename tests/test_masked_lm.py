@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import random
 
 from conftest import run_recipe, write_config
+
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
 
 
 def test_masked_lm_lowers_held_out_perplexity(tmp_path, tiny_bert_dir):

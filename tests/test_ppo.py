@@ -14,6 +14,9 @@ from finetune_kit.rl.ppo import (AdaptiveKLController, PolicyWithValue, PPOTrain
                                  kl_penalised_rewards, policy_loss, value_loss)
 from finetune_kit.rl.rewards import RewardSources, check_scores
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"]
 
 
@@ -101,7 +104,7 @@ def make_trainer(tokenizer, reward, tmp_path, seed=0, **ppo_overrides):
     from accelerate import Accelerator
     from transformers import TrainingArguments
 
-    from finetune_kit.stage_configs import PPOArguments
+    from finetune_kit.config_decoder import PPOArguments
 
     prompts = [[{"role": "user", "content": f"Say {w}"}] for w in WORDS]
     ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]

@@ -13,6 +13,9 @@ from finetune_kit.config import DataArguments
 from finetune_kit.data import load_rows, normalise_pair, normalise_prompt, normalise_unpaired
 from finetune_kit.errors import DataError
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"]
 USER = [{"role": "user", "content": "Hi?"}]
 ANSWER = [{"role": "assistant", "content": "Hello."}]
@@ -193,7 +196,7 @@ def test_packed_blocks_are_full_and_hold_eos_between_documents(tiny_model_dir, t
     from trl import SFTTrainer
 
     from finetune_kit.models import load_tokenizer
-    from finetune_kit.stage_configs import PretrainTrainingArguments
+    from finetune_kit.config_decoder import PretrainTrainingArguments
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     docs = Dataset.from_list([{"text": f"{w} is a word"} for w in WORDS])

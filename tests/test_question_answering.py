@@ -11,6 +11,9 @@ from conftest import SHARED, run_recipe, write_config
 from finetune_kit.errors import DataError
 from finetune_kit.tasks import qa
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 
 def squad_file(tmp_path, answer_start=0, text="Paris", impossible=False):
     data = {"data": [{"title": "T", "paragraphs": [{"context": "Paris is the capital of France.", "qas": [

@@ -13,13 +13,16 @@ from conftest import ROOT, chat_rows, run_recipe, write_config, write_jsonl
 from finetune_kit.errors import UserError
 from finetune_kit.runs import check_output_dir
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 KILL_AT = 6  # mid-epoch: 4 steps per epoch, so step 6 is halfway through the second epoch
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from transformers import Trainer, TrainerCallback
     sys.path.insert(0, {root!r})
-    from finetune_kit.cli import load_recipe
+    from finetune_kit import recipes
 
     class KillAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -31,7 +34,7 @@ CHILD = textwrap.dedent("""
         original(self, *args, **kwargs)
         self.add_callback(KillAfterSave())
     Trainer.__init__ = patched
-    load_recipe({recipe!r}).main(sys.argv[1:])
+    recipes.get({recipe!r}).load().main(sys.argv[1:])
 """)
 
 

@@ -11,6 +11,9 @@ from conftest import chat_rows, run_recipe, write_config, write_jsonl
 from finetune_kit.data import end_of_turn_is_trained, tokenize_conversation
 from finetune_kit.errors import UserError
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 CONVERSATION = [
     {"role": "user", "content": "Name a colour."},
     {"role": "assistant", "content": "Blue."},

@@ -11,6 +11,9 @@ from conftest import SHARED, run_recipe, write_config, write_jsonl
 from finetune_kit.errors import DataError
 from finetune_kit.tasks import tokens as tok
 
+# Trains with the recipes' default precision: `make test` runs this file under both bf16 decisions.
+pytestmark = pytest.mark.precision
+
 
 def test_conll_reader_detects_the_tag_column(tmp_path):
     path = tmp_path / "d.txt"

@@ -93,7 +93,7 @@ def test_tune_config_errors_name_the_key(tmp_path, tiny_bert_dir):
 
 def test_training_ignores_the_tune_block(tmp_path, tiny_bert_dir):
     from finetune_kit.config import parse_config
-    from finetune_kit.recipe_configs import TextClassificationConfig
+    from finetune_kit.config_tasks import TextClassificationConfig
 
     cfg = parse_config(TextClassificationConfig, ["--config", _tune_config(tmp_path, tiny_bert_dir)])
     assert cfg.training.learning_rate == 1e-3
@@ -112,7 +112,6 @@ def reported_run(tmp_path_factory, tiny_bert_dir):
 
 
 def test_a_finished_run_has_plots_and_an_html_report_with_its_numbers(reported_run):
-    from finetune_kit.report import write_report
 
     names = {p.name for p in (reported_run / "report").glob("*.png")}
     assert names == {"loss.png", "learning_rate.png", "grad_norm.png", "eval_metrics.png", "confusion_matrix.png"}
@@ -165,7 +164,7 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_extra(tmp_path):
     import importlib.util
 
     from finetune_kit.config import ConfigError, parse_config
-    from finetune_kit.recipe_configs import SFTRecipeConfig
+    from finetune_kit.config_decoder import SFTRecipeConfig
 
     missing = next((t for t in ("wandb", "mlflow", "trackio", "tensorboard") if importlib.util.find_spec(t) is None),
                    None)
@@ -206,9 +205,9 @@ def test_a_resumed_study_does_not_redraw_the_configurations_it_has(tmp_path, tin
             drawn.append(rate)
             return {"eval_accuracy": rate}
 
-    import finetune_kit.cli
+    from finetune_kit import recipes
 
-    monkeypatch.setattr(finetune_kit.cli, "load_recipe", lambda name: Recipe)
+    monkeypatch.setattr(recipes.Recipe, "load", lambda row: Recipe)
     config = _tune_config(tmp_path, tiny_bert_dir, pruning=False)
     study_dir = str(tmp_path / "study")
     tune_module.tune(["--config", config, "--trials", "3", "--study_dir", study_dir])
@@ -219,7 +218,7 @@ def test_a_resumed_study_does_not_redraw_the_configurations_it_has(tmp_path, tin
 
 
 def test_progress_bars_are_quiet_in_logs_and_can_be_asked_for(tmp_path, monkeypatch):
-    from finetune_kit.recipe_configs import SFTTrainingArguments
+    from finetune_kit.config_decoder import SFTTrainingArguments
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert SFTTrainingArguments(output_dir=str(tmp_path)).disable_tqdm is True  # a CI log: no redrawn bars

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -155,6 +156,28 @@ class PPOTrainer:
     def unwrapped(self) -> PolicyWithValue:
         return self.accelerator.unwrap_model(self.model)
 
+    # What runs.finish_run uses of a transformers Trainer, so a PPO run finishes as every recipe's does.
+    @property
+    def peft_model(self):
+        return self.unwrapped.policy
+
+    @property
+    def state(self) -> SimpleNamespace:
+        return SimpleNamespace(log_history=self.log_history)
+
+    def is_world_process_zero(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def create_model_card(self, model_name: str) -> None:
+        from huggingface_hub import ModelCard, ModelCardData
+
+        base = self.peft_model.peft_config["default"].base_model_name_or_path
+        data = ModelCardData(base_model=base, library_name="peft", tags=["finetune_kit", "ppo", "rlhf"])
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {model_name}\n\nLoRA adapter and value head trained "
+                         f"with PPO (finetune_kit's ppo recipe) from {base}: {self.step} steps; the training log is "
+                         "in log_history.json, the settings in config.yaml.\n")
+        card.save(Path(self.args.output_dir) / "README.md")
+
     def batch_indices(self, step: int) -> list[int]:
         """This process's prompts for `step`: consecutive slices of a per-epoch seeded permutation."""
         per_step = self.ppo.rollout_batch_size * self.accelerator.num_processes
@@ -286,9 +309,10 @@ class PPOTrainer:
     def save_model(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        model = self.unwrapped
+        folder, model = Path(folder), self.unwrapped
         model.policy.save_pretrained(folder)
         save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()}, folder / "value_head.safetensors")
+        self.tokenizer.save_pretrained(folder)
 
     def load_checkpoint(self, folder: str) -> None:
         from peft.utils import set_peft_model_state_dict

@@ -51,12 +51,16 @@ def _text(row: dict, column: str, where: str) -> str:
     return value
 
 
-def label_names(examples: list[dict], problem: str, fixed: list[str] | None) -> list[str]:
-    """The label set: the configured list (order kept) or every label seen, sorted."""
+def label_names(examples: list[dict], problem: str, fixed: list[str] | None, source: str = "the data") -> list[str]:
+    """The label set: the configured list (order kept) or every label seen, sorted; at least two classes."""
     if problem == REGRESSION:
         return ["score"]
     seen = sorted({str(v) for e in examples for v in (e["label"] if problem == MULTI else [e["label"]])})
-    return list(fixed) if fixed else seen
+    names = list(fixed) if fixed else seen
+    if len(names) < 2:  # a one-class head learns to say that class: loss 0, nothing learned
+        raise DataError(f"{source}: every row has the label {seen[0] if seen else None!r}; a classifier needs at least "
+                        "two classes (for a numeric score, set problem_type: regression).")
+    return names
 
 
 def encode_labels(examples: list[dict], wheres: list[str], problem: str, names: list[str], column: str) -> None:

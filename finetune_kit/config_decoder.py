@@ -1,0 +1,283 @@
+"""Configs of the decoder stages: SFT, continued pretraining, reward model, DPO, KTO, GRPO and our PPO.
+
+Each trl trainer's own config is used as it is (keys named as trl names them), with the machine defaults of
+`TrlMachineDefaults`; what trl has no key for lives in a small task part. Checks are named functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, SFTConfig
+
+from finetune_kit.config import (
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    TrainerArguments,
+    length_grouped_sampling,
+    machine_defaults,
+    register_checks,
+)
+from finetune_kit.config_checks import COMMON_CHECKS
+
+
+@dataclass
+class TrlMachineDefaults:
+    """Mixed into trl's configs (SFT, reward, DPO, KTO, GRPO): defaults that suit the machine, not a recent GPU."""
+
+    # trl turns bf16 on unconditionally; on a CPU without native bf16 that is several times slower than fp32.
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; default: on where the hardware runs it natively."}
+    )
+    # trl defaults this (deprecated alias) to True; checkpointing costs ~20-30% speed, so ours turns it on when the
+    # memory estimate says it pays (memory.activation_checkpointing, a recorded decision), unless either name is set.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing.", "nargs": "?", "const": True}
+    )
+
+    def __post_init__(self):
+        machine_defaults(self)
+        super().__post_init__()
+
+
+@dataclass
+class SFTTrainingArguments(TrlMachineDefaults, SFTConfig):
+    """trl's `SFTConfig` with machine-chosen bf16, activation checkpointing when memory says so, length-grouped batches."""
+
+    # Chat / instruction rows vary a lot in length; batching similar lengths together cuts the padding that a random
+    # sampler computes on (benchmarks/results/bench_sft.json). `random` restores trl's order.
+    train_sampling_strategy: str = length_grouped_sampling()
+    # Unset: chosen by hardware.fast_path_decisions once the attention implementation is known (a recorded decision).
+    packing: bool | None = field(default=None, metadata={
+        "help": "Pack examples into rows of max_length tokens (packing_strategy bfd: best-fit, padding-free, "
+                "position_ids mark the examples); default: on with flash attention."})
+    use_liger_kernel: bool | None = field(default=None, metadata={
+        "help": "Liger's fused kernels; default: on a CUDA GPU where liger-kernel is installed."})
+
+    def __post_init__(self):
+        self.packing, self.use_liger_kernel = bool(self.packing), bool(self.use_liger_kernel)
+        super().__post_init__()
+
+
+@dataclass
+class SFTRecipeConfig:
+    """The sft recipe: supervised fine-tuning of a causal LM on instruction / chat data."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: SFTTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class PretrainTrainingArguments(TrlMachineDefaults, SFTConfig):
+    """trl's `SFTConfig` set up for plain-text language modelling: documents joined with EOS, cut into blocks."""
+
+    packing: bool = field(default=True, metadata={"help": "Join documents (EOS between them) into full blocks."})
+    # 'wrapped' fills every block completely, cutting documents at block edges: the classic run_clm.py grouping.
+    packing_strategy: str = field(default="wrapped", metadata={
+        "help": "wrapped: fixed-length blocks across documents; bfd: whole documents, best-fit.",
+        "choices": ["bfd", "bfd_split", "wrapped"]})
+    max_length: int | None = field(default=512, metadata={"help": "Tokens per block."})
+
+
+@dataclass
+class PretrainConfig:
+    """The pretrain recipe: continued causal-LM pretraining on plain text."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: PretrainTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class RewardTrainingArguments(TrlMachineDefaults, RewardConfig):
+    """trl's `RewardConfig` with machine-chosen bf16."""
+
+
+@dataclass
+class RewardModelArguments(ModelArguments):
+    # The score head is new: peft trains and saves it with the adapter only for SEQ_CLS adapters.
+    lora_task_type: str = field(default="SEQ_CLS", metadata={"help": "peft task type; SEQ_CLS for a reward model."})
+
+
+@dataclass
+class RewardRecipeConfig:
+    """The reward recipe: a one-score sequence-classification head on a causal LM, trained on preference pairs."""
+
+    model: RewardModelArguments
+    data: DataArguments
+    training: RewardTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class ReferenceArguments:
+    ref_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "An explicit frozen reference model (a second copy in memory). Default: with LoRA the base model "
+                "with adapters disabled; without LoRA a frozen copy of the starting model."})
+
+
+@dataclass
+class DPOTrainingArguments(TrlMachineDefaults, DPOConfig):
+    """trl's `DPOConfig` (loss_type sigmoid / ipo / hinge / ..., beta, precompute_ref_log_probs) with machine bf16."""
+
+
+@dataclass
+class DPORecipeConfig:
+    """The dpo recipe: direct preference optimisation on chosen / rejected pairs."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: ReferenceArguments
+    training: DPOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class KTOTrainingArguments(TrlMachineDefaults, KTOConfig):
+    """trl's `KTOConfig` (desirable / undesirable weights, beta) with machine bf16."""
+
+
+@dataclass
+class KTORecipeConfig:
+    """The kto recipe: KTO on unpaired desirable / undesirable answers."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: ReferenceArguments
+    training: KTOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class RewardSourceArguments:
+    """Where rewards come from in online RL: a trained reward model, Python functions, or both (summed)."""
+
+    reward_model: str | None = field(default=None, metadata={
+        "help": "A reward-model run folder or checkpoint (one-score sequence classifier)."})
+    reward_functions: list[str] | None = field(default=None, metadata={
+        "help": "Python reward functions as module:function or path/to/file.py:function; each gets prompts and "
+                "completions (text) and returns one number per completion."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts longer than this (tokens) are an error."})
+
+
+@dataclass
+class GRPOTrainingArguments(TrlMachineDefaults, GRPOConfig):
+    """trl's `GRPOConfig` (num_generations, max_completion_length, beta, loss_type, ...) with machine bf16."""
+
+
+@dataclass
+class GRPORecipeConfig:
+    """The grpo recipe: group-relative policy optimisation (trl's GRPOTrainer)."""
+
+    model: ModelArguments
+    data: DataArguments
+    rewards: RewardSourceArguments
+    training: GRPOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class PPOArguments:
+    """Our PPO (finetune_kit/rl/ppo.py): rollouts, advantages, clipping, KL control."""
+
+    rollout_batch_size: int = field(default=8, metadata={"help": "Prompts sampled per PPO step."})
+    mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step inside a PPO epoch."})
+    ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer, in tokens."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+    top_k: int = field(default=0, metadata={"help": "0: sample from the whole distribution (on-policy)."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount of future rewards."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty against the reference (start)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler et al.)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target KL per answer for the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Normalise scores within each rollout batch."})
+    eval_prompts: int = field(default=16, metadata={"help": "Held-out prompts scored before and after training."})
+
+
+@dataclass
+class PPORecipeConfig:
+    """The ppo recipe: PPO with a value head, against a reward model or reward functions."""
+
+    model: ModelArguments
+    data: DataArguments
+    rewards: RewardSourceArguments
+    ppo: PPOArguments
+    training: TrainerArguments
+    run: RunArguments
+
+
+def has_reward_source(cfg) -> str | None:
+    if not cfg.rewards.reward_model and not cfg.rewards.reward_functions:
+        return "no reward: set reward_model (a reward-model run folder) and/or reward_functions (module:function)."
+    return None
+
+
+def ppo_needs_adapter(cfg) -> str | None:
+    # The reference is the base with adapters disabled: one model copy instead of two.
+    if not cfg.model.use_peft:
+        return "PPO trains LoRA adapters (the reference is the base with adapters off): set use_peft: true."
+    return None
+
+
+def ppo_batches_divide(cfg) -> str | None:
+    p = cfg.ppo
+    if p.rollout_batch_size <= 0 or p.mini_batch_size <= 0 or p.rollout_batch_size % p.mini_batch_size:
+        return (f"rollout_batch_size ({p.rollout_batch_size}) must be a positive multiple of mini_batch_size "
+                f"({p.mini_batch_size}).")
+    return None
+
+
+def ppo_needs_max_steps(cfg) -> str | None:
+    if cfg.training.max_steps <= 0:
+        return "max_steps: set the number of PPO steps (each samples rollout_batch_size prompts)."
+    return None
+
+
+def ppo_reports_nowhere(cfg) -> str | None:
+    """Our PPO loop logs to the terminal and log_history.json only: a tracker named in report_to would stay silent."""
+    trackers = [t for t in (cfg.training.report_to or []) if t != "none"]
+    if trackers:
+        return (f"report_to: {', '.join(trackers)}: the ppo recipe logs to the terminal and log_history.json only; "
+                "use report_to: none.")
+    return None
+
+
+def ppo_ranges(cfg) -> str | None:
+    p = cfg.ppo
+    if not (0 < p.gamma <= 1 and 0 <= p.lam <= 1):
+        return f"gamma must be in (0, 1] and lam in [0, 1], got gamma={p.gamma}, lam={p.lam}."
+    if p.cliprange <= 0 or p.cliprange_value <= 0 or p.kl_coef < 0 or p.ppo_epochs < 1 or p.max_new_tokens < 1:
+        return "cliprange and cliprange_value must be > 0, kl_coef >= 0, ppo_epochs and max_new_tokens >= 1."
+    return None
+
+
+def beta_positive(cfg) -> str | None:
+    """DPO / KTO scale their implicit reward by beta: 0 or less trains towards nothing, or away from the data."""
+    if not cfg.training.beta > 0:
+        return f"beta must be positive, got {cfg.training.beta} (0.1 is the usual value)."
+    return None
+
+
+def reward_head_with_lora(cfg) -> str | None:
+    if cfg.model.use_peft and cfg.model.lora_task_type != "SEQ_CLS":
+        return f"lora_task_type must be SEQ_CLS for a reward model (got {cfg.model.lora_task_type})."
+    return None
+
+
+register_checks(SFTRecipeConfig, *COMMON_CHECKS)
+register_checks(PretrainConfig, *COMMON_CHECKS)
+register_checks(RewardRecipeConfig, *COMMON_CHECKS, reward_head_with_lora)
+register_checks(DPORecipeConfig, *COMMON_CHECKS, beta_positive)
+register_checks(KTORecipeConfig, *COMMON_CHECKS, beta_positive)
+register_checks(GRPORecipeConfig, *COMMON_CHECKS, has_reward_source)
+register_checks(PPORecipeConfig, *COMMON_CHECKS, has_reward_source, ppo_needs_adapter, ppo_batches_divide, ppo_ranges,
+                ppo_needs_max_steps, ppo_reports_nowhere)

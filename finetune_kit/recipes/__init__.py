@@ -1,0 +1,169 @@
+"""The recipe table: the one place that says what each recipe is.
+
+A recipe is a module of this package (`finetune_kit/recipes/<name>.py`, a `main(argv)` you can read top to bottom)
+plus one row below. The CLI (`train`, `check`, `recipes`, `init`, `inspect`, `tune`) and the benchmark harness read
+this table and nothing else; adding a recipe means its module, its config type, one row, its YAML and its test.
+
+Rows name their module and config type as strings, imported when used: listing recipes imports no trainer.
+
+    python -m finetune_kit.recipes.sft --config sft_lora_smollm2
+    accelerate launch -m finetune_kit.recipes.sft --config sft_lora_smollm2
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune_kit.errors import ConfigError, UserError
+from finetune_kit.yaml_config import CONFIGS_DIR, RECIPE_KEY, config_path, read_yaml_config, shipped_configs
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    config: str  # "module:Class" of its typed config
+    family: str  # which checkpoints fit it (`finetune-kit inspect`): decoder | encoder | vision
+    # How `check` validates and measures its data rows: sft (the chat / instruction formats), text, pair
+    # (prompt + chosen / rejected), unpaired (prompt + completion + label), prompt; None: config check only.
+    rows: str | None = None
+    # Sequences one training example puts through the model at once (chosen and rejected: 2; KTO's completion and
+    # its mismatched KL completion: 2): scales the activation term of the memory estimate and auto checkpointing.
+    sequences_per_example: int = 1
+    # Keys of the shared parts (model, data, run) that this recipe does not read: refused by name when set, never
+    # accepted and ignored.
+    unread: tuple[str, ...] = ()
+    # Where only some keys of the training part reach the trainer (our PPO loop): those keys; others are refused.
+    training_reads: tuple[str, ...] | None = None
+    module: str = ""  # default: finetune_kit.recipes.<name>
+
+    def config_type(self) -> type:
+        module, _, cls = self.config.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def load(self):
+        return importlib.import_module(self.module or f"finetune_kit.recipes.{self.name}")
+
+    def shipped_configs(self) -> list[str]:
+        return [name for name in shipped_configs() if recipe_named_by(CONFIGS_DIR / f"{name}.yaml") == self.name]
+
+
+_DEC, _TASK = "finetune_kit.config_decoder", "finetune_kit.config_tasks"
+# The encoder and vision recipes load with `from_pretrained` on the checkpoint and read local files: the decoder
+# loader's revision / dtype / attention / quantization keys and the hub-dataset keys do nothing there. They set the
+# LoRA task type themselves (the head must be trained and saved).
+_ENCODER_UNREAD = ("model_revision", "dtype", "attn_implementation", "load_in_8bit", "load_in_4bit",
+                   "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "lora_task_type",
+                   "dataset_config", "dataset_train_split", "dataset_format", "skip_invalid_rows")
+# Recipes whose rows have one fixed shape (a normaliser): dataset_format is not theirs to choose.
+_SHAPED = ("dataset_format",)
+# What our PPO loop (finetune_kit/rl/ppo.py) reads of transformers' TrainingArguments: AdamW, clipping, steps, saving.
+_PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                 "max_grad_norm", "max_steps", "logging_steps", "save_strategy", "save_steps",
+                 "resume_from_checkpoint", "bf16", "fp16", "use_cpu", "trust_remote_code",
+                 "report_to")  # accepted as `none` only (config_decoder.ppo_reports_nowhere)
+RECIPES: list[Recipe] = [
+    Recipe("sft", "supervised fine-tuning of a causal LM on instruction / chat data (LoRA, QLoRA, DoRA, full)",
+           f"{_DEC}:SFTRecipeConfig", "decoder", rows="sft"),
+    Recipe("pretrain", "continued causal-LM pretraining on plain text (packed blocks)",
+           f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=_SHAPED),
+    Recipe("reward", "a reward model: one-score head on a causal LM, trained on preference pairs",
+           f"{_DEC}:RewardRecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED),
+    Recipe("dpo", "direct preference optimisation on chosen / rejected pairs (trl DPOTrainer)",
+           f"{_DEC}:DPORecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED),
+    Recipe("kto", "KTO on unpaired desirable / undesirable answers (trl KTOTrainer)",
+           f"{_DEC}:KTORecipeConfig", "decoder", rows="unpaired", sequences_per_example=2, unread=_SHAPED),
+    Recipe("ppo", "PPO with a value head against a reward model or reward functions (our loop)",
+           f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING),
+    Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
+           f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED),
+    Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
+           f"{_TASK}:TextClassificationConfig", "encoder", unread=(*_ENCODER_UNREAD, "eval_dataset_name")),
+    Recipe("token_classification", "token classification (NER, tagging) with a BERT-family encoder",
+           f"{_TASK}:TokenClassificationConfig", "encoder",
+           unread=(*_ENCODER_UNREAD, "column_mapping", "split_seed")),
+    Recipe("question_answering", "extractive question answering on SQuAD-format data",
+           f"{_TASK}:QuestionAnsweringConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping")),
+    Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
+           f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping")),
+    Recipe("image_classification", "image classification with a ViT (folders or a CSV / JSON of paths)",
+           f"{_TASK}:ImageClassificationConfig", "vision",
+           unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name")),
+]
+
+
+def refused_key(recipe: Recipe, key: str, training_keys: set[str]) -> str | None:
+    """Why `recipe` refuses a key the user set, or None: a key it would accept and then ignore."""
+    if key in recipe.unread:
+        return f"key '{key}' does nothing in the {recipe.name} recipe; remove it"
+    if recipe.training_reads is not None and key in training_keys and key not in recipe.training_reads:
+        return (f"key '{key}' does nothing in the {recipe.name} recipe (its training loop reads only "
+                f"{', '.join(recipe.training_reads)}); remove it")
+    return None
+
+
+def names() -> list[str]:
+    return [r.name for r in RECIPES]
+
+
+def get(name: str) -> Recipe:
+    for recipe in RECIPES:
+        if recipe.name == name:
+            return recipe
+    raise UserError(f"unknown recipe '{name}'; available: {', '.join(names())} (`finetune-kit recipes` lists them).")
+
+
+def for_family(family: str) -> list[str]:
+    return [r.name for r in RECIPES if r.family == family]
+
+
+def for_config_type(config_type: type) -> Recipe | None:
+    return next((r for r in RECIPES if r.config.endswith(f":{config_type.__name__}")
+                 and r.config_type() is config_type), None)
+
+
+def recipe_named_by(value: str | Path) -> str | None:
+    """The recipe a config names: its `recipe:` key, else the longest recipe name its file name starts with."""
+    path = config_path(value)
+    named = read_yaml_config(path).get(RECIPE_KEY)
+    if named is not None:
+        if not isinstance(named, str) or named not in names():
+            raise ConfigError(f"{path}: key '{RECIPE_KEY}' must name a recipe ({', '.join(names())}), got {named!r}.")
+        return named
+    stem = path.stem
+    return max((n for n in names() if stem == n or stem.startswith(n + "_")), key=len, default=None)
+
+
+def config_argument(argv: list[str]) -> str | None:
+    """The value of `--config X` / `--config=X` in a recipe's arguments."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+def choose(explicit: str | None, argv: list[str], default: str | None = None) -> Recipe:
+    """The recipe to run: the one named, else the one the config names (`recipe:` key, then file-name prefix)."""
+    if explicit:
+        return get(explicit)
+    config = config_argument(argv)
+    named = recipe_named_by(config) if config else None
+    if named:
+        return get(named)
+    if default:
+        print(f"recipe: {default} (the config does not name one: add `{RECIPE_KEY}: <name>` to it, or pass the "
+              "recipe's name)")
+        return get(default)
+    raise UserError(f"which recipe? Name it (`finetune-kit train sft --config ...`) or add `{RECIPE_KEY}: <name>` to "
+                    f"the config; recipes: {', '.join(names())}.")
+
+
+def launch(script: str) -> None:
+    """Run the recipe a repository launcher (`recipes/<name>.py`) is named after, as `finetune-kit train` does."""
+    from finetune_kit.errors import run_cli
+
+    run_cli(get(Path(script).stem).load().main)

@@ -1,0 +1,94 @@
+"""Image classification with a ViT (any image-classification checkpoint, or a small ViT built from a config).
+
+    finetune-kit train image_classification --config image_classification_vit_digits
+    finetune-kit train image_classification --config ...
+
+Images come from a folder (`root/<label>/*.png`), a CSV / JSON(L) of paths and labels, or `sklearn:digits`; every
+file is opened before training starts. The checkpoint's own image processor (size, mean, std) prepares images for
+training and for prediction alike, and is saved with the model; augmentations (flip, crop) apply to training only.
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
+
+from finetune_kit.config import parse_config
+from finetune_kit.config_tasks import ImageClassificationConfig
+from finetune_kit.decisions import Decisions
+from finetune_kit.errors import run_cli
+from finetune_kit.guards import NonFiniteGuard
+from finetune_kit.models import resolve_checkpoint
+from finetune_kit.runs import check_output_dir, finish_run
+from finetune_kit.tasks import classification as clf
+from finetune_kit.tasks import images as img
+from finetune_kit.trainer_setup import prepare_trainer
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(ImageClassificationConfig, argv)
+    decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
+    args, task = cfg.training, cfg.task
+    resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
+
+    rows = img.image_rows(cfg.data.dataset_name, task.image_column, task.label_column)
+    rows = rows[: cfg.data.max_train_samples or None]
+    img.check_images(rows)
+    examples = [row for _, row in rows]
+    names = clf.label_names(examples, clf.SINGLE, task.labels, cfg.data.dataset_name)
+    clf.encode_labels(examples, [w for w, _ in rows], clf.SINGLE, names, task.label_column)
+    # Images stay as they are (paths or PIL objects) in a side list; the dataset holds their index.
+    images = [e["image"] for e in examples]
+    data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
+    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio,
+                                   cfg.data.seed_for_split(args.seed), stratify=True)
+
+    set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
+    if cfg.model.model_name_or_path == img.FROM_CONFIG:
+        model, processor = img.tiny_vit(names, task.image_size)
+    else:
+        source = resolve_checkpoint(cfg.model.model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(source)
+        model = AutoModelForImageClassification.from_pretrained(
+            source, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=task.ignore_mismatched_sizes)
+
+    # Preprocess every image once with the checkpoint's processor (cached by datasets); augment tensors per batch.
+    def encode(batch):
+        return {"pixel_values": img.pixel_values(processor, [images[i] for i in batch["index"]]).numpy()}
+
+    splits = {k: v.map(encode, batched=True, batch_size=256, remove_columns=["index"]).with_format("torch")
+              if v is not None else None for k, v in splits.items()}
+    generator = torch.Generator().manual_seed(args.seed)
+    train = splits["train"]
+    if task.augment != "none":
+        train = train.with_transform(lambda b: {
+            "pixel_values": [img.augment(torch.as_tensor(x), task.augment, generator) for x in b["pixel_values"]],
+            "label": b["label"]})
+    held = {k: v for k, v in splits.items() if k != "train" and v is not None}
+    args.remove_unused_columns = False  # the collator reads 'label' itself
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
+                      processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
+                      callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
+    # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
+    decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))
+    metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
+    final = held.get("test") or held.get("validation")
+    if final is not None:
+        output = trainer.predict(final, metric_key_prefix="test" if "test" in held else "eval")
+        metrics.update(output.metrics)
+        metrics["per_class"] = clf.per_class_report(output.predictions, output.label_ids, names)
+
+    finish_run(trainer, cfg, "image_classification", metrics, decisions)
+    return metrics
+
+
+def _collate(rows: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows]),
+            "labels": torch.tensor([int(r["label"]) for r in rows])}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,63 @@
+"""Finding and reading a YAML config: a path, or the name of a config shipped in the package.
+
+Imports nothing heavy, so a bad file is answered before trl / transformers load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune_kit.errors import ConfigError
+
+# Shipped YAML configs, package data: a config can be named instead of a path (`--config sft_lora_smollm2`).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# The key by which a YAML names its recipe (`recipe: dpo`; finetune_kit.recipes); the file-name prefix is the fallback.
+RECIPE_KEY = "recipe"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def config_path(value: str | Path) -> Path:
+    """A config given by path, or by the name of a shipped config (`sft_lora_smollm2`, with or without .yaml)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    shipped = CONFIGS_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {value} (neither a file nor a shipped config; `finetune-kit recipes` "
+                      "lists the shipped ones).")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML key given twice is a mistake to name, not a value to drop silently (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); keep one.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_config(value: str | Path) -> dict[str, Any]:
+    """Read a YAML config (a path or a shipped name) as a flat mapping, with errors that name the file."""
+    path = config_path(value)
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values, got {type(data).__name__}.")
+    return data
