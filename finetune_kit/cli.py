@@ -48,7 +48,12 @@ def _options(args):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="finetune-kit", description=__doc__.split("\n")[0])
+    from finetune_kit import __version__
+
+    parser = _Parser(prog="finetune-kit", description="Fine-tune pretrained transformer checkpoints (SFT, preference "
+                     "and RL stages, encoder and vision tasks) on the Hugging Face stack; `finetune-kit recipes` lists "
+                     "what it trains.")
+    parser.add_argument("--version", action="version", version=f"finetune-kit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("train", add_help=False, help="run a training recipe: train [RECIPE] --config CONFIG "
                         f"[--key value ...]; RECIPE one of {', '.join(recipes.names())}, default the one the config names")

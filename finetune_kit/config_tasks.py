@@ -37,6 +37,8 @@ class ClassificationArguments:
     labels: list[str] | None = field(default=None, metadata={"help": "The label set, in id order (default: sorted)."})
     max_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
     test_split_ratio: float = field(default=0.0, metadata={"help": "Fraction held out as a test split (stratified)."})
+    test_dataset_name: str | None = field(default=None, metadata={
+        "help": "A separate labelled test file (GLUE dev, a benchmark's test set), scored once at the end."})
     class_weights: list[str] | None = field(default=None, metadata={
         "help": "auto (inverse class frequency) or one weight per label in id order, e.g. [1, 5]."})
     sampling: str = field(default="none", metadata={
@@ -168,6 +170,12 @@ def classifier_splits_in_range(cfg) -> str | None:
     return None
 
 
+def one_test_source(cfg) -> str | None:
+    if cfg.task.test_dataset_name and cfg.task.test_split_ratio:
+        return "test_dataset_name and test_split_ratio are both set; use one source of test data."
+    return None
+
+
 def weights_or_balanced_sampling(cfg) -> str | None:
     if cfg.task.class_weights and cfg.task.sampling != "none":
         return "class_weights and sampling both correct for imbalance; use one of them."
@@ -185,4 +193,4 @@ register_checks(MaskedLMConfig, *COMMON_CHECKS, mlm_probability_in_range)
 register_checks(ImageClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range)
 register_checks(QuestionAnsweringConfig, *COMMON_CHECKS, stride_below_window)
 register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
-                freeze_layers_not_negative)
+                freeze_layers_not_negative, one_test_source)

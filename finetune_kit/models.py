@@ -72,7 +72,32 @@ def resolve_checkpoint(name_or_path: str) -> str:
             f"model path not found: {name_or_path} (not a local folder or file, an embedded name "
             f"({', '.join(EMBEDDED)}), or a hub id like org/name)."
         )
+    _require_hub_or_cache(name_or_path)
     return name_or_path
+
+
+def _require_hub_or_cache(hub_id: str) -> None:
+    """A hub id that is neither in the local hub cache nor reachable is refused at once, saying both things tried
+    (the hub client would otherwise retry for ~50 s before failing offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if (Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}").is_dir():
+        return  # cached: transformers loads it offline too
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = urlparse(constants.ENDPOINT)
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+            return
+        except OSError as err:
+            why = f"{endpoint.hostname} cannot be reached: {err}"
+    raise UserError(f"'{hub_id}' is not a local path (no such file or folder here) and not in the local hub cache, "
+                    f"and the Hugging Face Hub is not available ({why}): check the spelling, or point "
+                    "model_name_or_path at a local folder.")
 
 
 def _hub_error(name: str, err: Exception) -> UserError:
@@ -304,7 +329,9 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
     except SafetensorError as err:
         raise UserError(f"{path}: the weights file is corrupt or truncated ({err}).") from None
     except RuntimeError as err:
-        if "size mismatch" in str(err):
+        # peft's load_state_dict says "size mismatch"; transformers, loading the base with the run's saved config,
+        # refuses mismatched shapes ("ignore_mismatched_sizes")
+        if "size mismatch" in str(err) or "ignore_mismatched_sizes" in str(err):
             raise UserError(
                 f"{path}: the adapter does not fit its base model {adapter and adapter['base_model_name_or_path']} "
                 "(tensor shapes differ): it was trained on a different model."

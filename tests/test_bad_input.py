@@ -87,7 +87,8 @@ def test_bad_input(setup, capsys, name):
 def test_hub_model_offline_is_a_clear_error(setup, capsys):
     _, argv, _ = setup
     err = run_sft(argv(model_name_or_path="nobody/no-such-model"), capsys)
-    assert "could not load 'nobody/no-such-model'" in err and "Hugging Face Hub" in err
+    # both things tried are named: no local path, no hub (HF_HUB_OFFLINE in the tests; a failed connection elsewhere)
+    assert "'nobody/no-such-model' is not a local path" in err and "Hugging Face Hub is not available" in err
 
 
 def test_real_process_exits_2_without_traceback(setup, python):

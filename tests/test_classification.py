@@ -237,3 +237,21 @@ def test_class_weights_from_yaml_train(tmp_path, tiny_bert_dir):
     assert metrics["train_loss"] > 0
     argv = config(tmp_path, tiny_bert_dir, sentiment_rows(64, minority_every=4), name="auto", class_weights="auto")
     assert parse_config(TextClassificationConfig, argv).task.class_weights == ["auto"]
+
+
+def test_separate_validation_and_test_files_are_scored_as_given(tmp_path, tiny_bert_dir):
+    """A user holding a dev and a test file (GLUE-style) scores on exactly those rows; a label only they have is a
+    named error, before the model loads."""
+    dev = write_jsonl(tmp_path / "dev.jsonl", sentiment_rows(24, seed=1))
+    test = write_jsonl(tmp_path / "test.jsonl", sentiment_rows(30, seed=2))
+    metrics = run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(96), num_train_epochs=6,
+                                                        eval_dataset_name=str(dev), test_dataset_name=str(test),
+                                                        eval_strategy="epoch"))
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    assert any("eval_accuracy" in e for e in history)  # validated on the dev file while training
+    assert metrics["test_accuracy"] >= 0.9 and sum(metrics["per_class"]["confusion_matrix"][0]) + \
+        sum(metrics["per_class"]["confusion_matrix"][1]) == 30  # the whole test file, nothing else
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"text": "so so", "label": "meh"}])
+    with pytest.raises(DataError, match=r"odd\.jsonl line 1: .*'meh'"):
+        run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(16), name="odd-run",
+                                                 test_dataset_name=str(odd)))

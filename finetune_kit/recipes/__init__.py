@@ -80,7 +80,7 @@ RECIPES: list[Recipe] = [
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
            f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
-           f"{_TASK}:TextClassificationConfig", "encoder", unread=(*_ENCODER_UNREAD, "eval_dataset_name")),
+           f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD),
     Recipe("token_classification", "token classification (NER, tagging) with a BERT-family encoder",
            f"{_TASK}:TokenClassificationConfig", "encoder",
            unread=(*_ENCODER_UNREAD, "column_mapping", "split_seed")),
@@ -147,10 +147,16 @@ def config_argument(argv: list[str]) -> str | None:
 
 
 def choose(explicit: str | None, argv: list[str], default: str | None = None) -> Recipe:
-    """The recipe to run: the one named, else the one the config names (`recipe:` key, then file-name prefix)."""
-    if explicit:
-        return get(explicit)
+    """The recipe to run: the one named, else the one the config names (`recipe:` key, then file-name prefix).
+
+    The config file is read here, before the recipe's module (and trl / transformers) is imported: a missing file,
+    bad YAML or a key given twice is answered in well under a second."""
+    row = get(explicit) if explicit else None
     config = config_argument(argv)
+    if config:
+        read_yaml_config(config)
+    if row:
+        return row
     named = recipe_named_by(config) if config else None
     if named:
         return get(named)

@@ -47,15 +47,22 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    # Every row is read, validated and labelled before the model loads.
-    rows = [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(cfg.data.dataset_name)]
-    rows = rows[: cfg.data.max_train_samples or None]
-    examples = clf.read_examples(rows, task)
-    problem = clf.detect_problem_type([e["label"] for e in examples], task.problem_type)
-    names = clf.label_names(examples, problem, task.labels, cfg.data.dataset_name)
-    clf.encode_labels(examples, [w for w, _ in rows], problem, names, task.label_column)
-    splits = clf.stratified_splits(Dataset.from_list(examples), cfg.data.eval_split_ratio, task.test_split_ratio,
-                                   cfg.data.seed_for_split(args.seed), stratify=problem == clf.SINGLE)
+    # Every row is read, validated and labelled before the model loads: the training file, and the validation / test
+    # files when given (their labels must be among the training labels; an error names the file and row).
+    sources = {"train": cfg.data.dataset_name, "validation": cfg.data.eval_dataset_name,
+               "test": task.test_dataset_name}
+    rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(source)]
+            for name, source in sources.items() if source}
+    rows["train"] = rows["train"][: cfg.data.max_train_samples or None]
+    examples = {name: clf.read_examples(part, task) for name, part in rows.items()}
+    problem = clf.detect_problem_type([e["label"] for e in examples["train"]], task.problem_type)
+    names = clf.label_names(examples["train"], problem, task.labels, cfg.data.dataset_name)
+    for name, part in examples.items():
+        clf.encode_labels(part, [w for w, _ in rows[name]], problem, names, task.label_column)
+    splits = clf.stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
+                                   task.test_split_ratio, cfg.data.seed_for_split(args.seed),
+                                   stratify=problem == clf.SINGLE)
+    splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
     if task.sampling in ("oversample", "undersample"):
         splits["train"] = clf.resample(splits["train"], task.sampling, args.seed)
 
