@@ -2,7 +2,7 @@
 
     python benchmarks/tune_sst2.py [--budget_minutes 28]
 
-Both arms use recipes/configs/text_classification_minilm_sst2_tune.yaml (10k phrases, the same 8k / 1k / 1k split):
+Both arms use finetune_kit/configs/text_classification_minilm_sst2_tune.yaml (the same 8k / ~1k / ~1k split):
 the default arm trains it as written; the tune arm runs `finetune-kit tune` on it, starting no trial after the
 budget. Reported: held-out test accuracy of the default run and of the best trial (chosen on validation accuracy),
 trial count, pruned trials, wall times. Writes benchmarks/results/sst2_tune.json.

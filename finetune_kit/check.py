@@ -93,7 +93,8 @@ def check(argv: list[str] | None) -> int:
     lengths = sequence_lengths(train, tokenizer, row.rows)
     print(f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
           f"p95 {sorted(lengths)[int(0.95 * (len(lengths) - 1))]}, max {max(lengths)}")
-    limit = cfg.rewards.max_prompt_length if row.rows == "prompt" else args.max_length
+    # PPO refuses prompts over max_prompt_length; GRPO (trl 1.16) keeps prompts whole; the others cut at max_length.
+    limit = cfg.rewards.max_prompt_length if hasattr(cfg, "ppo") else None if row.rows == "prompt" else args.max_length
     if limit is not None and not getattr(args, "packing", False):
         over = sum(n > limit for n in lengths)
         if over:

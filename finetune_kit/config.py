@@ -78,7 +78,9 @@ class DataArguments:
         default=None,
         metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "Train on the first N training rows, counted after the validation / test split (which it leaves "
+                "unchanged)."})
     skip_invalid_rows: bool = field(default=False, metadata={
         "help": "Drop rows that fail validation (counted and shown) instead of stopping at the first one."})
     split_seed: int | None = field(default=None, metadata={

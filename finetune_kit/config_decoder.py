@@ -200,7 +200,6 @@ class PPOArguments:
     target_kl: float = field(default=6.0, metadata={"help": "Target KL per answer for the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Normalise scores within each rollout batch."})
-    eval_prompts: int = field(default=16, metadata={"help": "Held-out prompts scored before and after training."})
 
 
 @dataclass

@@ -274,6 +274,21 @@ def _task_of(folder: Path) -> str | None:
     return None
 
 
+def with_task_adapters(model, model_args, task_type: str | None, head: str | None):
+    """LoRA for an encoder / vision task (use_peft): adapters on the body, the task's new `head` trained whole
+    (peft's modules_to_save) and kept out of `all-linear`, which would otherwise wrap it too and make peft refuse
+    the pair. `task_type` None: no peft task class fits (masked LM, images)."""
+    from peft import get_peft_model
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)  # lora_r / alpha / dropout / targets / DoRA / rsLoRA as the user set them
+    config.task_type = task_type
+    if head:
+        config.modules_to_save = [head, *(config.modules_to_save or [])]
+        config.exclude_modules = [head]
+    return get_peft_model(model, config)
+
+
 def require_generative(path: str) -> None:
     """chat / generate / serve need a causal LM: an encoder or a classifier would load with a random LM head and
     answer nonsense. Decided from the config files, before any weights load."""

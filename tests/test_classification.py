@@ -255,3 +255,28 @@ def test_separate_validation_and_test_files_are_scored_as_given(tmp_path, tiny_b
     with pytest.raises(DataError, match=r"odd\.jsonl line 1: .*'meh'"):
         run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(16), name="odd-run",
                                                  test_dataset_name=str(odd)))
+
+
+def test_max_train_samples_caps_training_rows_after_the_split(tmp_path, tiny_bert_dir):
+    """The cap means one thing in every recipe (as in SFT): it counts training rows after the validation / test
+    split, so the held-out rows do not change with it."""
+    from transformers import TrainerCallback
+
+    from finetune_kit.trainer_setup import driver_callbacks
+
+    seen = {}
+
+    class Sizes(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen["train"] = len(train_dataloader.dataset)
+
+    tests = {}
+    for cap in (None, 8):
+        extra = {"max_train_samples": cap} if cap else {}
+        with driver_callbacks(Sizes()):
+            metrics = run_recipe("text_classification", config(tmp_path, tiny_bert_dir, sentiment_rows(40),
+                                                                name=f"cap{cap}", max_steps=1, test_split_ratio=0.25,
+                                                                **extra))
+        tests[cap] = (seen["train"], metrics["per_class"]["confusion_matrix"])
+    assert tests[None][0] == 30 and tests[8][0] == 8
+    assert sum(map(sum, tests[None][1])) == sum(map(sum, tests[8][1])) == 10

@@ -58,6 +58,12 @@ def load_rows(source: str, data_args, split: str = "train", normaliser: Normalis
     return kept
 
 
+def cap_train(train: Dataset, max_train_samples: int | None) -> Dataset:
+    """The first `max_train_samples` training rows. Every recipe caps after its validation / test split, so the
+    held-out rows are the same whatever the cap."""
+    return train.select(range(min(max_train_samples, len(train)))) if max_train_samples else train
+
+
 def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None = None) -> tuple[Dataset, Dataset | None]:
     """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows.
 
@@ -73,8 +79,7 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
         split = train.train_test_split(test_size=data_args.eval_split_ratio,
                                        seed=data_args.seed_for_split(seed))
         train, evaluation = split["train"], split["test"]
-    if data_args.max_train_samples:  # after the split, so the held-out rows stay the same whatever the cap
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    train = cap_train(train, data_args.max_train_samples)
     return train, evaluation
 
 

@@ -78,7 +78,7 @@ RECIPES: list[Recipe] = [
     Recipe("ppo", "PPO with a value head against a reward model or reward functions (our loop)",
            f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING),
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
-           f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED),
+           f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length")),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
            f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD),
     Recipe("token_classification", "token classification (NER, tagging) with a BERT-family encoder",
@@ -90,7 +90,7 @@ RECIPES: list[Recipe] = [
            f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping")),
     Recipe("image_classification", "image classification with a ViT (folders or a CSV / JSON of paths)",
            f"{_TASK}:ImageClassificationConfig", "vision",
-           unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name")),
+           unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path")),
 ]
 
 

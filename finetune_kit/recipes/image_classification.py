@@ -16,10 +16,11 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Tr
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import ImageClassificationConfig
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
-from finetune_kit.models import resolve_checkpoint
+from finetune_kit.models import resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
 from finetune_kit.tasks import images as img
@@ -33,7 +34,6 @@ def main(argv: list[str] | None = None) -> dict:
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
     rows = img.image_rows(cfg.data.dataset_name, task.image_column, task.label_column)
-    rows = rows[: cfg.data.max_train_samples or None]
     img.check_images(rows)
     examples = [row for _, row in rows]
     names = clf.label_names(examples, clf.SINGLE, task.labels, cfg.data.dataset_name)
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
     splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio,
                                    cfg.data.seed_for_split(args.seed), stratify=True)
+    splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     if cfg.model.model_name_or_path == img.FROM_CONFIG:
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = AutoModelForImageClassification.from_pretrained(
             source, num_labels=len(names), id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=task.ignore_mismatched_sizes)
+    if cfg.model.use_peft:
+        model = with_task_adapters(model, cfg.model, None, head="classifier")
 
     # Preprocess every image once with the checkpoint's processor (cached by datasets); augment tensors per batch.
     def encode(batch):

@@ -15,17 +15,15 @@ import math
 from itertools import chain
 
 from datasets import Dataset
-from peft import get_peft_model
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
-from trl import get_peft_config
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import MaskedLMConfig
-from finetune_kit.data import read_rows
+from finetune_kit.data import cap_train, read_rows
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.guards import NonFiniteGuard
-from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.models import load_tokenizer, resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.trainer_setup import prepare_trainer
 
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    texts = texts_of(cfg.data.dataset_name, task.text_column)[: cfg.data.max_train_samples or None]
+    texts = texts_of(cfg.data.dataset_name, task.text_column)
     data = Dataset.from_dict({"text": texts})
     if cfg.data.eval_dataset_name:
         splits = {"train": data, "test": Dataset.from_dict({"text": texts_of(cfg.data.eval_dataset_name,
@@ -54,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         splits = data.train_test_split(test_size=cfg.data.eval_split_ratio or 0.1,
                                        seed=cfg.data.seed_for_split(args.seed))
+    splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForMaskedLM.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                                  trust_remote_code=args.trust_remote_code)
-    if cfg.model.use_peft:
-        model = get_peft_model(model, get_peft_config(cfg.model))
+    if cfg.model.use_peft:  # the MLM head is tied to the embeddings: adapters on the body only
+        model = with_task_adapters(model, cfg.model, None, head=None)
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=task.mlm_probability, seed=args.seed)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,

@@ -23,7 +23,7 @@ from finetune_kit.decisions import Decisions
 from finetune_kit.errors import DataError, run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.metrics import load_metric
-from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.models import load_tokenizer, resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.tasks import qa
 from finetune_kit.trainer_setup import prepare_trainer
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForQuestionAnswering.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                                           trust_remote_code=args.trust_remote_code)
+    if cfg.model.use_peft:
+        model = with_task_adapters(model, cfg.model, "QUESTION_ANS", head="qa_outputs")
 
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                       data_collator=default_data_collator, callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])

@@ -20,7 +20,7 @@ from trl import get_peft_config
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TextClassificationConfig
-from finetune_kit.data import read_rows
+from finetune_kit.data import cap_train, read_rows
 from finetune_kit.data.formats import apply_column_mapping
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> dict:
                "test": task.test_dataset_name}
     rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(source)]
             for name, source in sources.items() if source}
-    rows["train"] = rows["train"][: cfg.data.max_train_samples or None]
     examples = {name: clf.read_examples(part, task) for name, part in rows.items()}
     problem = clf.detect_problem_type([e["label"] for e in examples["train"]], task.problem_type)
     names = clf.label_names(examples["train"], problem, task.labels, cfg.data.dataset_name)
@@ -63,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    task.test_split_ratio, cfg.data.seed_for_split(args.seed),
                                    stratify=problem == clf.SINGLE)
     splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
+    splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
     if task.sampling in ("oversample", "undersample"):
         splits["train"] = clf.resample(splits["train"], task.sampling, args.seed)
 

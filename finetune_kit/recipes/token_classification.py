@@ -14,17 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from peft import get_peft_model
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, set_seed
-from trl import get_peft_config
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TokenClassificationConfig
-from finetune_kit.data import read_rows
+from finetune_kit.data import cap_train, read_rows
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
-from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.models import load_tokenizer, resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.tasks import tokens as tok
 from finetune_kit.trainer_setup import prepare_trainer
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    train_rows = load_rows(cfg.data.dataset_name, task)[: cfg.data.max_train_samples or None]
+    train_rows = load_rows(cfg.data.dataset_name, task)
     eval_rows = load_rows(cfg.data.eval_dataset_name, task) if cfg.data.eval_dataset_name else None
     names = tok.tag_names(train_rows + (eval_rows or []))
     index = {n: i for i, n in enumerate(names)}
@@ -58,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         train, evaluation = parts["train"], parts["test"]
     else:
         evaluation = None
+    train = cap_train(train, cfg.data.max_train_samples)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), id2label=dict(enumerate(names)),
         label2id=index, ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:
-        cfg.model.lora_task_type = "TOKEN_CLS"  # peft keeps the new head trainable
-        model = get_peft_model(model, get_peft_config(cfg.model))
+        model = with_task_adapters(model, cfg.model, "TOKEN_CLS", head="classifier")
 
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
