@@ -112,7 +112,8 @@ def check(argv: list[str] | None) -> int:
 def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Decisions) -> list[str]:
     from transformers import AutoConfig
 
-    from finetune_kit.memory import GIB, activation_checkpointing, available_memory, estimate
+    from finetune_kit.errors import ConfigError
+    from finetune_kit.memory import GIB, activation_checkpointing, available_memory, estimate, lora_targets_problem
 
     args = cfg.training
     longest = max(lengths)
@@ -126,6 +127,10 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Dec
             seq = args.max_length or longest
     model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                               trust_remote_code=args.trust_remote_code)
+    problem = cfg.model.use_peft and lora_targets_problem(model_config, cfg.model.lora_target_modules,
+                                                          cfg.model.model_name_or_path)
+    if problem:  # the same error train gives, before its weights load
+        raise ConfigError(problem)
     if row.rows != "prompt":  # the recipe's own choice, printed, so the estimate below matches the run
         decisions.add(cfg, activation_checkpointing(cfg, decisions.user, seq, row.sequences_per_example))
     result = estimate(model_config, cfg.model, batch, seq, bool(args.bf16),

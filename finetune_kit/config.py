@@ -52,8 +52,20 @@ class ModelArguments(ModelConfig):
     )
     # LoRA on every linear layer is what recent recipes (QLoRA paper, trl docs) recommend over q/v only.
     lora_target_modules: list[str] | None = field(
-        default_factory=lambda: ["all-linear"], metadata={"help": "LoRA target modules ('all-linear' for all)."}
+        default_factory=lambda: ["all-linear"], metadata={
+            "help": "LoRA target modules: names or dotted suffixes ([q_proj, v_proj]), all-linear, or one regex over "
+                    "full module names (a single value with regex characters, e.g. '.*\\.(q|v)_proj')."}
     )
+
+    def __post_init__(self):
+        targets = self.lora_target_modules
+        super().__post_init__()
+        # trl turns a one-element list into a string, which peft reads as a regex over full module names: [q_proj]
+        # would then match nothing. One plain name stays a list (suffix match); a value with regex characters or
+        # peft's keyword all-linear is passed as the string.
+        if isinstance(targets, list) and len(targets) == 1 and targets[0] != "all-linear" and \
+                not re.search(r"[.*+?()\[\]|^$\\]", targets[0]):
+            self.lora_target_modules = targets
 
 
 @dataclass
@@ -180,9 +192,10 @@ def known_keys(config_type: type) -> list[str]:
 
 
 def _unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
-    # A key that extends or truncates a known one (lora_rank / lora_r) beats a merely similar spelling (local_rank).
+    # A key that extends or truncates a known one (lora_rank / lora_r) beats a merely similar spelling (local_rank);
+    # a close spelling must be close (0.75: loss_type is not lora_task_type).
     prefixed = [k for k in known if len(k) >= 4 and (key.startswith(k) or k.startswith(key))]
-    close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key '{key}' ({where}).{hint}"
 
@@ -275,6 +288,8 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
                 raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
             if isinstance(value, dict) and key not in nested_ok:
                 raise ConfigError(f"{config_path}: key '{key}' holds a mapping, but it takes a single value.")
+            if isinstance(value, list) and len(value) > 1 and not _takes_a_list(parser, key):
+                raise ConfigError(f"{config_path}: key '{key}' holds a list ({value}), but it takes a single value.")
             if value is None or value == []:
                 nulls[key] = None if value is None else []
             else:
@@ -313,6 +328,10 @@ def _refuse_unread_keys(config_type: type, yaml_keys: dict, cli_args: list[str],
         problem = recipes.refused_key(row, key, training)
         if problem:
             raise ConfigError(f"{problem} ({where}).")
+
+
+def _takes_a_list(parser: _Parser, key: str) -> bool:
+    return parser._option_string_actions[f"--{key}"].nargs not in (None, "?")
 
 
 def _require_recipe(named: Any, config_type: type, config_path: str) -> None:

@@ -70,6 +70,30 @@ def count_parameters(config, lora_r: int | None, lora_targets) -> tuple[int, int
     return total, sum(lora_r * (m.in_features + m.out_features) for _, m in chosen), linear_params
 
 
+def lora_targets_problem(config, lora_targets, model_name: str) -> str | None:
+    """Targets that match no module of the model (peft matches a module name or a dotted suffix of one), found on
+    the `meta` device before any weights load; None when every target matches (a string is a regex: peft's)."""
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not lora_targets or lora_targets == "all-linear" or list(lora_targets) == ["all-linear"]:
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = [name for name, _ in model.named_modules()]
+    if isinstance(lora_targets, str):  # peft: one regex, full match on the module name
+        missing = [] if any(re.fullmatch(lora_targets, n) for n in names) else [lora_targets]
+    else:
+        missing = [t for t in lora_targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if not missing:
+        return None
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    return (f"lora_target_modules {missing} match no module of {model_name} (its linear layers: {', '.join(linear)}); "
+            "use [all-linear] or those names.")
+
+
 def estimate(config, model_args, batch_size: int, seq_length: int, bf16: bool, activation_checkpointing: bool,
              sequences_per_example: int = 1, fused_attention: bool | None = None) -> MemoryEstimate:
     """Peak training memory for one micro-batch of `batch_size` examples of `seq_length` tokens.

@@ -206,6 +206,16 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
                      trust_remote_code, **kwargs)
         return PeftModel.from_pretrained(base, resolved).merge_and_unload()
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    if model_args.use_peft:  # before the weights: a target that matches nothing would train nothing
+        from transformers import AutoConfig
+
+        from finetune_kit.memory import lora_targets_problem
+
+        config = AutoConfig.from_pretrained(resolved, revision=model_args.model_revision,
+                                            trust_remote_code=trust_remote_code)
+        problem = lora_targets_problem(config, model_args.lora_target_modules, model_args.model_name_or_path)
+        if problem:
+            raise UserError(problem)
     try:
         model = auto_class.from_pretrained(
             resolved,

@@ -96,6 +96,9 @@ def _checkpoint_to_resume(out: Path, resume: str) -> str:
             raise UserError(f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from.")
         print(f"Resuming from {folder}", file=sys.stderr)
         return str(folder)
+    if not Path(resume).is_dir():
+        raise UserError(f"resume_from_checkpoint: {resume} is not a folder (give a checkpoint-N folder, or latest for "
+                        f"the newest one in {out}).")
     problem = checkpoint_problem(Path(resume))
     if problem:
         raise UserError(f"resume_from_checkpoint: {resume} cannot be resumed from: {problem}.")

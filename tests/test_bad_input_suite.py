@@ -242,7 +242,11 @@ CASES = {
     # --- a finished run is never lost to a run that fails (the suite checks the output folder byte for byte) ---
     "overwrite, then target modules matching nothing": (
         lambda e: sft(e, output_dir=str(e["out"]), overwrite_output_dir=True, lora_target_modules=["nonexistent_proj"]),
-        r"lora_target_modules names modules the model does not have", True),
+        r"lora_target_modules \['nonexistent_proj'\] match no module of .*\(its linear layers: .*q_proj", False),
+    "check: target modules matching nothing": (
+        lambda e: ("cli", ["check", "--recipe", "sft", "--config", write_config(
+            e["tmp"] / "targets.yaml", sft(e, lora_target_modules=["q_proj", "nonexistent_proj"])[1])]),
+        r"lora_target_modules \['nonexistent_proj'\] match no module", False),
     "output folder under a file": (  # root may write anywhere: a path through a file is unwritable for everyone
         lambda e: sft(e, output_dir=str(e["out"] / "notes.txt" / "run"), overwrite_output_dir=True),
         r"output_dir .*notes\.txt/run: .*notes\.txt is not a writable folder", False),

@@ -164,3 +164,19 @@ def test_bad_data_fails_before_the_model_loads(tmp_path, sft_yaml, monkeypatch):
     with pytest.raises(UserError, match=r"bad\.jsonl line 4: field 'messages': the conversation ends with a 'user'"):
         run_recipe("sft", ["--config", sft_yaml(tmp_path / "o"), "--dataset_name", str(bad)])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("targets, expected", [(["q_proj"], {"q_proj"}), (["q_proj", "v_proj"], {"q_proj", "v_proj"}),
+                                               ([r".*layers\.1\.self_attn\.o_proj"], {"o_proj"})])
+def test_lora_targets_name_modules_as_given(tmp_path, tiny_model_dir, targets, expected):
+    """One plain name is a name, not a regex (trl turns a one-element list into a string, which peft would match
+    against whole module names: [q_proj] trained nothing); a value with regex characters stays peft's regex."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(tmp_path / "o"),
+           "use_peft": True, "lora_r": 4, "lora_target_modules": targets, "max_steps": 1, "max_length": 64,
+           "per_device_train_batch_size": 4, "save_strategy": "no", "report_to": "none", "report": False}
+    run_recipe("sft", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    adapted = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in load_file(tmp_path / "o" / "adapter_model.safetensors")}
+    assert adapted == expected
