@@ -28,7 +28,7 @@ from finetune_kit.data import (
 )
 from finetune_kit.data.formats import normalise
 from finetune_kit.decisions import Decisions
-from finetune_kit.models import load_tokenizer, resolve_checkpoint
+from finetune_kit.models import load_tokenizer, require_weights, resolve_checkpoint
 
 # Recipe table `rows` kind -> how its rows are validated (None: the SFT formats).
 NORMALISERS = {"sft": None, "text": partial(normalise, fmt="text"), "pair": normalise_pair,
@@ -127,6 +127,7 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Dec
             seq = args.max_length or longest
     model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
                                               trust_remote_code=args.trust_remote_code)
+    require_weights(cfg.model.model_name_or_path, resolve_checkpoint(cfg.model.model_name_or_path))
     problem = cfg.model.use_peft and lora_targets_problem(model_config, cfg.model.lora_target_modules,
                                                           cfg.model.model_name_or_path)
     if problem:  # the same error train gives, before its weights load

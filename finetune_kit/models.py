@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -100,6 +101,39 @@ def _require_hub_or_cache(hub_id: str) -> None:
                     "model_name_or_path at a local folder.")
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+                "adapter_model.safetensors", "adapter_model.bin")
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why a local checkpoint folder's weights cannot load, read from the file list and the safetensors headers
+    (8-byte length, JSON, data offsets) without reading a tensor; None when they look whole."""
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return f"no weights file ({', '.join(WEIGHT_FILES[:3])}, ...)"
+    for path in shards:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if length is None or length > size - 8:
+                return f"{path.name} is cut short ({size} bytes: not even its header)"
+            try:
+                header = json.loads(handle.read(length))
+            except (ValueError, UnicodeDecodeError):
+                return f"{path.name} has a damaged header"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + length + end > size:
+            return f"{path.name} is cut short ({size} bytes of {8 + length + end})"
+    return None
+
+
+def require_weights(name: str, resolved: str) -> None:
+    folder = Path(resolved)
+    if folder.is_dir() and (problem := weights_problem(folder)):
+        raise UserError(f"model {name}: {problem}; copy or download the checkpoint again.")
+
+
 def _hub_error(name: str, err: Exception) -> UserError:
     return UserError(
         f"could not load '{name}': it is not a local path, so it was looked up on the Hugging Face Hub, which failed "
@@ -146,15 +180,24 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model", "tokenizer.model")
+
+
 def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
     """The checkpoint's tokenizer, with a pad token (the EOS token when it has none, as trl does)."""
     from transformers import AutoTokenizer
 
     resolved = resolve_checkpoint(name_or_path)
+    folder = Path(resolved)
+    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
+        raise UserError(f"{name_or_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); set "
+                        "tokenizer_name_or_path to the checkpoint the model came from.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise _hub_error(name_or_path, err) from None
+    except (ValueError, ImportError) as err:  # e.g. a slow tokenizer whose package (sentencepiece) is missing
+        raise UserError(f"{name_or_path}: its tokenizer cannot be loaded ({str(err).splitlines()[0]}).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -206,6 +249,7 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
                      trust_remote_code, **kwargs)
         return PeftModel.from_pretrained(base, resolved).merge_and_unload()
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    require_weights(model_args.model_name_or_path, resolved)
     if model_args.use_peft:  # before the weights: a target that matches nothing would train nothing
         from transformers import AutoConfig
 
@@ -330,6 +374,7 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
     from safetensors import SafetensorError
 
     resolved = Path(resolve_checkpoint(path))
+    require_weights(path, str(resolved))
     adapter = read_adapter_config(resolved) if resolved.is_dir() else None
     task = (adapter or {}).get("task_type") or _task_of(resolved)
     auto_class = getattr(transformers, _TASK_CLASSES.get(task, "AutoModelForCausalLM"))

@@ -100,6 +100,27 @@ def model_without_template(e) -> str:
     return str(folder)
 
 
+def llama_copy(e, name: str, damage) -> str:
+    """A copy of the tiny Llama with `damage(folder)` done to it."""
+    import shutil
+
+    folder = e["tmp"] / name
+    shutil.copytree(e["llama"], folder)
+    damage(folder)
+    return str(folder)
+
+
+def truncate_weights(folder) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def drop_tokenizer(folder) -> None:
+    for path in folder.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            path.unlink()
+
+
 def bert_with_three_labels(e) -> str:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -250,6 +271,15 @@ CASES = {
     "output folder under a file": (  # root may write anywhere: a path through a file is unwritable for everyone
         lambda e: sft(e, output_dir=str(e["out"] / "notes.txt" / "run"), overwrite_output_dir=True),
         r"output_dir .*notes\.txt/run: .*notes\.txt is not a writable folder", False),
+    # --- damaged checkpoints and misnamed files ---
+    "truncated safetensors": (lambda e: sft(e, model_name_or_path=llama_copy(e, "cut", truncate_weights)),
+                              r"model .*cut: model\.safetensors is cut short \(\d+ bytes of \d+\)", False),
+    "model folder without a tokenizer": (lambda e: sft(e, model_name_or_path=llama_copy(e, "notok", drop_tokenizer)),
+                                         r"notok has no tokenizer files .*tokenizer_name_or_path", False),
+    "jsonl named .parquet": (lambda e: sft(e, dataset_name=write(e, "rows.parquet", '{"text": "hi"}\n')),
+                             r"rows\.parquet: not a parquet file \(it does not start with PAR1\)", False),
+    "chat with a truncated model": (lambda e: ("cli", ["chat", "--model", llama_copy(e, "cut2", truncate_weights)]),
+                                    r"model\.safetensors is cut short", False),
     # --- commands that write files ---
     "generate with an encoder onto an existing file": (
         lambda e: ("cli", ["generate", "--model", e["bert"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),

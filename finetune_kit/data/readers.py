@@ -104,7 +104,15 @@ def _read_csv(path: Path) -> list[Row]:
 def _read_parquet(path: Path) -> list[Row]:
     from datasets import Dataset
 
-    dataset = Dataset.from_parquet(str(path))
+    with path.open("rb") as handle:  # every parquet file starts (and ends) with the magic bytes PAR1
+        if handle.read(4) != b"PAR1":
+            raise DataError(f"{path}: not a parquet file (it does not start with PAR1); rename it after its real "
+                            "format (.jsonl, .csv, ...).")
+    try:
+        dataset = Dataset.from_parquet(str(path))
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: unreadable parquet file ({type(err).__name__}: {str(err).splitlines()[0]}).") \
+            from None
     return [(f"{path.name} row {i}", row) for i, row in enumerate(dataset, start=1)]
 
 
