@@ -110,7 +110,13 @@ def _main(argv: list[str] | None) -> None:
     args, rest = _build_parser().parse_known_args(argv)
     if args.command == "train":  # the recipe's name, when given, comes first; the rest are the recipe's arguments
         named = rest.pop(0) if rest and not rest[0].startswith("-") else None
+        if {"-h", "--help", "--help-all"} & set(rest):
+            from finetune_kit.recipe_help import recipe_help, recipes_help
+
+            return print(recipe_help(recipes.get(named).name, "--help-all" in rest) if named else recipes_help())
         return recipes.choose(named, rest).load().main(rest)
+    if args.command in ("check", "tune") and {"-h", "--help"} & set(rest):
+        return print(CHECK_HELP if args.command == "check" else _tune_doc())
     if args.command == "check":
         from finetune_kit.check import check
 
@@ -170,6 +176,21 @@ def _main(argv: list[str] | None) -> None:
 
         summary = describe(args.checkpoint)
         print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
+
+
+CHECK_HELP = """usage: finetune-kit check --config CONFIG [--recipe RECIPE] [--key value ...]
+
+Everything `train` would refuse, found before any weights load: every key (the same checks as train), every data
+row, the chat template's loss mask, token lengths and truncation, LoRA targets against the model's modules, the
+checkpoint's files, and a peak-memory estimate against the memory available. Exit 0 clean, 1 warnings, 2 errors."""
+
+
+def _tune_doc() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("finetune_kit.tune")  # its docstring, without importing optuna / transformers
+    source = open(spec.origin).read()
+    return source.split('"""')[1].replace("`finetune-kit tune`: ", "usage: finetune-kit tune ... : ", 1)
 
 
 def _list_recipes() -> None:

@@ -57,6 +57,9 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        raise SystemExit(0) from None
     except Exception as err:
         message = known_library_error(err)
         if message is None or debug:
@@ -65,9 +68,6 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
-        sys.stderr.close()
-        raise SystemExit(0) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -224,3 +224,25 @@ def test_keys_a_recipe_does_not_read_are_refused_by_name(row):
             parse_config(config_type, _cli_value(key, config_type))
     if row.unread or row.training_reads is not None:
         assert unread, row.name
+
+
+def test_help_lists_recipes_and_a_recipe_shows_its_own_keys_first(capsys):
+    cli_main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in recipes.names())
+    cli_main(["train", "sft", "--help"])
+    short = capsys.readouterr().out
+    assert "LoRA and quantization:" in short and "--lora_r (int, default 16)" in short and "--dataset_name" in short
+    assert "--learning_rate" in short and "--adam_beta2" not in short  # the trainer's long tail is behind --help-all
+    cli_main(["train", "sft", "--help-all"])
+    assert "--adam_beta2" in capsys.readouterr().out
+    cli_main(["train", "text_classification", "--help"])
+    assert "--dtype" not in capsys.readouterr().out  # a key the recipe refuses is not offered
+    cli_main(["train", "ppo", "--help"])
+    assert "--lr_scheduler_type" not in capsys.readouterr().out  # nor one its loop never reads
+    for command in ("check", "tune"):
+        cli_main([command, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: finetune-kit {command}")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["--version"])
+    assert done.value.code == 0 and "finetune-kit 0.1.0" in capsys.readouterr().out
