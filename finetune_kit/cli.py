@@ -155,7 +155,10 @@ def _main(argv: list[str] | None) -> None:
     elif args.command == "serve":
         from finetune_kit.serve import serve
 
-        serve(model, tokenizer, args.model, args.host, args.port, args.max_tokens_limit)
+        # The model id clients see: the run folder's name (runs/quokka -> quokka), or the hub id / embedded name.
+        local = Path(args.model).expanduser()
+        serve(model, tokenizer, local.resolve().name if local.exists() else args.model, args.host, args.port,
+              args.max_tokens_limit)
     elif args.command == "export":
         from finetune_kit.export import export_model
 

@@ -22,12 +22,35 @@ class GenerationOptions:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 means greedy decoding
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # texts that end the answer (not included in it)
+    seed: int | None = None  # sampling seed: the same request gives the same answer
 
-    def generate_kwargs(self) -> dict:
+    def generate_kwargs(self, tokenizer=None) -> dict:
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        stops = {"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop and tokenizer else {}
         if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **stops}
         return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_p": self.top_p}
+                "top_p": self.top_p, **stops}
+
+
+def cut_at_stop(text: str, stops) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)
+
+
+class _CountTokens(StoppingCriteria):
+    """Never stops; records how many tokens were generated and whether the last one ended the sequence."""
+
+    def __init__(self, prompt_length: int, eos_id, record: dict):
+        self.prompt_length, self.eos_id, self.record = prompt_length, eos_id, record
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        self.record["tokens"] = input_ids.shape[1] - self.prompt_length
+        self.record["eos"] = int(input_ids[0, -1]) == self.eos_id
+        return False
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -58,19 +81,21 @@ def encode_chat(model, tokenizer, messages: list[dict], max_new_tokens: int) -> 
 
 
 def stream_reply(model, tokenizer, messages: list[dict], options: GenerationOptions,
-                 stop: threading.Event | None = None) -> Iterator[str]:
-    """Yield the reply's text piece by piece; setting `stop` ends generation at the next token."""
+                 stop: threading.Event | None = None, record: dict | None = None) -> Iterator[str]:
+    """Yield the reply's text piece by piece; setting `stop` ends generation at the next token. `record` gets the
+    number of generated tokens and whether the last ended the sequence (finish_reason `length` vs `stop`)."""
     stop = stop or threading.Event()
+    record = {} if record is None else record
     inputs = encode_chat(model, tokenizer, messages, options.max_new_tokens)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
+    criteria = [_StopOnEvent(stop), _CountTokens(inputs["input_ids"].shape[1], tokenizer.eos_token_id, record)]
 
     def run():
         try:
             with torch.no_grad():
-                model.generate(**inputs, **options.generate_kwargs(), streamer=streamer,
-                               pad_token_id=tokenizer.pad_token_id,
-                               stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+                model.generate(**inputs, **options.generate_kwargs(tokenizer), streamer=streamer,
+                               pad_token_id=tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList(criteria))
         except BaseException as err:  # surfaced in the caller's thread below
             errors.append(err)
             streamer.end()
@@ -86,16 +111,22 @@ def stream_reply(model, tokenizer, messages: list[dict], options: GenerationOpti
         raise errors[0]
 
 
-def reply(model, tokenizer, messages: list[dict], options: GenerationOptions) -> tuple[str, int]:
-    """The whole reply at once (no streaming) and the number of tokens it took, its end-of-sequence included."""
+def reply(model, tokenizer, messages: list[dict], options: GenerationOptions,
+          stop: threading.Event | None = None) -> tuple[str, int, str]:
+    """The whole reply at once (no streaming), the number of tokens it took (its end-of-sequence included) and
+    OpenAI's finish_reason: `stop` (end of sequence or a stop string) or `length` (max_new_tokens reached). Setting
+    `stop` (a client that hung up) ends generation at the next token."""
     inputs = encode_chat(model, tokenizer, messages, options.max_new_tokens)
+    criteria = StoppingCriteriaList([_StopOnEvent(stop or threading.Event())])
     with torch.no_grad():
-        output = model.generate(**inputs, **options.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(**inputs, **options.generate_kwargs(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                stopping_criteria=criteria)
     new = output[0, inputs["input_ids"].shape[1]:]
     # Count up to and including the first end-of-sequence token, as OpenAI counts the stop.
     eos = (new == tokenizer.eos_token_id).nonzero()
     used = int(eos[0]) + 1 if len(eos) else len(new)
-    return tokenizer.decode(new[:used], skip_special_tokens=True), used
+    text, stopped = cut_at_stop(tokenizer.decode(new[:used], skip_special_tokens=True), options.stop)
+    return text, used, "stop" if stopped or len(eos) or used < options.max_new_tokens else "length"
 
 
 def generate_batch(model, tokenizer, prompts: list[str], options: GenerationOptions) -> list[str]:

@@ -129,8 +129,10 @@ def weights_problem(folder: Path) -> str | None:
 
 
 def require_weights(name: str, resolved: str) -> None:
+    """A full checkpoint folder's weights, checked before loading (adapter run folders have their own checks, in
+    read_adapter_config and the adapter load)."""
     folder = Path(resolved)
-    if folder.is_dir() and (problem := weights_problem(folder)):
+    if folder.is_dir() and not (folder / "adapter_config.json").is_file() and (problem := weights_problem(folder)):
         raise UserError(f"model {name}: {problem}; copy or download the checkpoint again.")
 
 

@@ -140,3 +140,74 @@ def test_client_disconnect_stops_generation(server):
     assert record["done"] and record["closed_early"], record
     assert server["steps"][0] - before_steps < 2000, server["steps"][0] - before_steps
     assert ask(server, "Say apple")  # and the server is free for the next request
+
+
+def test_stop_strings_end_the_answer_streaming_too(server):
+    full = ask(server, "Say apple")
+    stop = full[4:7]
+    assert stop.strip() and full.find(stop) == 4  # a stop text from inside the unconstrained answer
+    result = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Say apple"}], temperature=0, max_tokens=20, stop=[stop])
+    assert result.choices[0].message.content == full[:4] and result.choices[0].finish_reason == "stop"
+    stream = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Say apple"}], temperature=0, max_tokens=20, stop=stop,
+        stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:4]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_length_limit_n_seed_and_usage(server):
+    messages = [{"role": "user", "content": "Tell a long story"}]
+    result = client(server).chat.completions.create(model="tiny", messages=messages, temperature=0,
+                                                    max_completion_tokens=3)
+    assert result.choices[0].finish_reason == "length" and result.usage.completion_tokens == 3
+    stream = list(client(server).chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=3,
+                                                         stream=True, stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
+    assert stream[-1].choices == [] and stream[-1].usage.completion_tokens == 3
+    sampled = [client(server).chat.completions.create(model="tiny", messages=messages, temperature=1.0, max_tokens=8,
+                                                      seed=7, n=2) for _ in range(2)]
+    texts = [[c.message.content for c in r.choices] for r in sampled]
+    assert texts[0] == texts[1] and len(texts[0]) == 2  # a seed repeats the answers; n gives n choices
+
+
+def test_text_parts_and_the_developer_role_are_accepted(server):
+    parts = [{"type": "text", "text": "Say "}, {"type": "text", "text": "apple"}]
+    result = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}],
+        temperature=0, max_tokens=20)
+    assert result.choices[0].message.content
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"logprobs": True}, "logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages.0.content"),
+    ({"n": 2, "stream": True}, "n"),
+])
+def test_parameters_it_cannot_honour_are_refused_by_name(server, extra, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(server).chat.completions.create(**{"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 4, **extra})
+    assert err.value.body["param"] == param
+
+
+def test_unknown_paths_and_methods_answer_in_openai_shape(server):
+    missing = httpx.post(server["base"] + "/v1/completions", json={})
+    wrong = httpx.get(server["base"] + "/v1/chat/completions")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert wrong.status_code == 405 and "GET /v1/chat/completions" in wrong.json()["error"]["message"]
+
+
+def test_a_non_streaming_request_whose_client_left_stops_generating(server):
+    before = server["steps"][0]
+    body = {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 6000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server["base"] + "/v1/chat/completions", json=body, timeout=1.5)
+    start = time.time()
+    assert ask(server, "Say apple")  # the next request is not stuck behind 6000 tokens nobody will read
+    assert time.time() - start < 15 and server["steps"][0] - before < 3000

@@ -49,7 +49,7 @@ def test_stop_event_ends_generation_early(tiny_run):
         pieces.append(piece)
         if len(pieces) == 3:
             stop.set()
-    full, _ = reply(model, tokenizer, HELLO, GenerationOptions(max_new_tokens=400, temperature=0))
+    full, _, _ = reply(model, tokenizer, HELLO, GenerationOptions(max_new_tokens=400, temperature=0))
     assert len("".join(pieces)) < len(full)
 
 
