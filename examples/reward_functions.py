@@ -1,4 +1,4 @@
-"""Example reward functions for recipes/ppo.py and recipes/grpo.py (`reward_functions: [path.py:name]`).
+"""Example reward functions for the ppo and grpo recipes (`reward_functions: [path.py:name]`).
 
 A reward function gets the prompts (text, or conversations as lists of {"role", "content"} turns) and the answers
 (text), and returns one finite number per answer. Several functions and a reward model are summed.

@@ -1,6 +1,6 @@
-"""Build the SFT pipeline yourself from finetune_kit's helpers (what recipes/sft.py does, minus run-folder care).
+"""Build the SFT pipeline yourself from finetune_kit's helpers (what the sft recipe does, minus run-folder care).
 
-    python examples/sft_script.py --config recipes/configs/sft_lora_smollm2.yaml --max_steps 10
+    python examples/sft_script.py --config sft_lora_smollm2 --max_steps 10
 """
 
 from __future__ import annotations

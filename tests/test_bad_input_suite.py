@@ -22,6 +22,10 @@ from finetune_kit.cli import main as cli_main
 from finetune_kit.errors import run_cli
 
 TIMINGS: dict[str, float] = {}
+# Set by benchmarks/bad_input_timing.py: each no-weights case also runs as a user runs it, `finetune-kit ...` in a
+# process of its own (interpreter start and imports included), timed, and checked like the in-process run.
+PROCESS_TIMINGS = os.environ.get("FINETUNE_KIT_BAD_INPUT_PROCESS_TIMINGS")
+PROCESS_SECONDS: dict[str, float] = {}
 WORDS = ["apple", "river", "stone", "cloud"]
 
 
@@ -35,6 +39,8 @@ def _write_timings():
     target = os.environ.get("FINETUNE_KIT_BAD_INPUT_TIMINGS")
     if target:
         Path(target).write_text(json.dumps(TIMINGS, indent=1))
+    if PROCESS_TIMINGS:
+        Path(PROCESS_TIMINGS).write_text(json.dumps(PROCESS_SECONDS, indent=1))
 
 
 @pytest.fixture
@@ -249,7 +255,7 @@ CASES = {
                    r"beta must be positive, got 0", False),
     "one class": (lambda e: text_cls(e, rows=[{"text": f"{w} ok", "label": "pos"} for w in WORDS]),
                   r"cls\.jsonl: every row has the label 'pos'; a classifier needs at least two classes", False),
-    "key given twice": (lambda e: ("cli", ["train", "sft", "--config", write(e, "dup.yaml", f"dataset_name: x\n"
+    "key given twice": (lambda e: ("cli", ["train", "sft", "--config", write(e, "dup.yaml", "dataset_name: x\n"
                                                                                "lora_r: 8\nlora_r: 16\n")]),
                         r"dup\.yaml: key 'lora_r' is given twice \(line 3\)", False),
     "a key the recipe ignores": (lambda e: text_cls(e, dtype="bfloat16"),
@@ -311,6 +317,16 @@ def test_bad_input(env, name, capsys, monkeypatch):
             raise WeightsLoaded(name)
         monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
     before = {p.relative_to(env["out"]): p.read_bytes() if p.is_file() else None for p in env["out"].rglob("*")}
+    if PROCESS_TIMINGS and not loads_weights:
+        import subprocess
+        import sys
+
+        argv = cfg if recipe == "cli" else ["train", recipe, "--config", write_config(env["tmp"] / "cfg.yaml", cfg)]
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "finetune_kit.cli", *argv], capture_output=True, text=True,
+                              timeout=300)
+        PROCESS_SECONDS[name] = time.perf_counter() - start
+        assert done.returncode == 2 and "Traceback" not in done.stderr and re.search(message, done.stderr), done.stderr
 
     start = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:

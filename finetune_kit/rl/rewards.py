@@ -46,7 +46,7 @@ def load_reward_function(spec: str) -> Callable:
 
 
 class RewardModelScorer:
-    """Scores (prompt, answer) pairs with a one-score sequence classifier (a `recipes/reward.py` run)."""
+    """Scores (prompt, answer) pairs with a one-score sequence classifier (a run of the reward recipe)."""
 
     def __init__(self, path: str, device: torch.device | str = "cpu", batch_size: int = 16):
         from finetune_kit.models import load_for_inference
@@ -55,7 +55,7 @@ class RewardModelScorer:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if not type(base).__name__.endswith("ForSequenceClassification"):
             raise UserError(f"reward_model {path} is a {type(base).__name__}, not a sequence classifier with a score "
-                            "head: train one with recipes/reward.py.")
+                            "head: train one with `finetune-kit train reward`.")
         if base.config.num_labels != 1:
             raise UserError(f"reward_model {path} has a {base.config.num_labels}-way head; a reward model outputs a "
                             "single score (num_labels: 1).")
