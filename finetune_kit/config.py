@@ -12,7 +12,6 @@ command line wins (argparse keeps the last occurrence).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
 import sys
@@ -28,7 +27,7 @@ from trl import ModelConfig
 
 from finetune_kit.errors import ConfigError
 from finetune_kit.hardware import bf16_is_fast, has_accelerator
-from finetune_kit.yaml_config import RECIPE_KEY, read_yaml_config
+from finetune_kit.yaml_config import RECIPE_KEY, unknown_key_message, read_yaml_config
 
 C = TypeVar("C")
 
@@ -191,15 +190,6 @@ def known_keys(config_type: type) -> list[str]:
     return sorted({f.name for part in config_parts(config_type).values() for f in dataclasses.fields(part)})
 
 
-def _unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
-    # A key that extends or truncates a known one (lora_rank / lora_r) beats a merely similar spelling (local_rank);
-    # a close spelling must be close (0.75: loss_type is not lora_task_type).
-    prefixed = [k for k in known if len(k) >= 4 and (key.startswith(k) or k.startswith(key))]
-    close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"unknown config key '{key}' ({where}).{hint}"
-
-
 TUNE_KEY = "tune"
 
 
@@ -242,7 +232,7 @@ def _check_cli_keys(args: list[str], parser: _Parser, known: Sequence[str]) -> N
         if arg.startswith("--"):
             option = arg.split("=", 1)[0]
             if option not in parser._option_string_actions:
-                raise ConfigError(_unknown_key_message(option[2:].replace("-", "_"), known, "command line"))
+                raise ConfigError(unknown_key_message(option[2:].replace("-", "_"), known, "command line"))
         elif re.match(r"^[A-Za-z_]\w*=", arg) and arg.split("=", 1)[0] in known:
             key, value = arg.split("=", 1)
             raise ConfigError(f"unexpected argument '{arg}': overrides are written --{key} {value}.")
@@ -285,7 +275,7 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
                 _require_recipe(value, config_type, config_path)
                 continue
             if f"--{key}" not in parser._option_string_actions:
-                raise ConfigError(_unknown_key_message(str(key), known, f"config file {config_path}"))
+                raise ConfigError(unknown_key_message(str(key), known, f"config file {config_path}"))
             if isinstance(value, dict) and key not in nested_ok:
                 raise ConfigError(f"{config_path}: key '{key}' holds a mapping, but it takes a single value.")
             if isinstance(value, list) and len(value) > 1 and not _takes_a_list(parser, key):

@@ -40,7 +40,7 @@ from finetune_kit import recipes
 from finetune_kit.config import (
     TUNE_KEY,
     ConfigError,
-    _unknown_key_message,
+    unknown_key_message,
     _yaml_value_to_args,
     known_keys,
     parse_config,
@@ -61,7 +61,7 @@ def parse_space(space: Any, known: list[str], where: str) -> dict[str, dict[str,
     parsed = {}
     for key, spec in space.items():
         if key not in known:
-            raise ConfigError(_unknown_key_message(str(key), known, f"tune.space in {where}"))
+            raise ConfigError(unknown_key_message(str(key), known, f"tune.space in {where}"))
         if key in ("output_dir", "seed", "split_seed"):
             raise ConfigError(f"{where}: tune.space key '{key}' is set per trial by tune; leave it out.")
         if isinstance(spec, list):

@@ -5,6 +5,8 @@ Imports nothing heavy, so a bad file is answered before trl / transformers load.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +63,12 @@ def read_yaml_config(value: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values, got {type(data).__name__}.")
     return data
+
+
+def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
+    # A key that extends or truncates a known one (lora_rank / lora_r) beats a merely similar spelling (local_rank);
+    # a close spelling must be close (0.75: loss_type is not lora_task_type).
+    prefixed = [k for k in known if len(k) >= 4 and (key.startswith(k) or k.startswith(key))]
+    close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{key}' ({where}).{hint}"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from finetune_kit import config_checks as rc
 from finetune_kit import recipes
-from finetune_kit.config import config_to_dict, known_keys, parse_config, read_yaml_config
+from finetune_kit.config import (
+    config_to_dict,
+    known_keys,
+    parse_config,
+    read_yaml_config,
+)
 from finetune_kit.config_decoder import SFTRecipeConfig
 from finetune_kit.errors import ConfigError
 from finetune_kit.tune import parse_tune
@@ -233,3 +237,29 @@ def test_stage_training_defaults_follow_the_machine(tmp_path):
         assert cfg.training.bf16 == bf16_is_fast() and not cfg.training.gradient_checkpointing, recipe
     pretrain = stage_cfg(tmp_path, "pretrain").training
     assert pretrain.packing and pretrain.packing_strategy == "wrapped" and pretrain.max_length == 512
+
+
+def test_the_key_index_matches_the_config_types(tmp_path, monkeypatch):
+    import json
+
+    shipped = json.loads(recipes.KEYS_FILE.read_text())
+    monkeypatch.setattr(recipes, "KEYS_FILE", tmp_path / "keys.json")
+    assert recipes.write_key_index() == shipped, "a config key changed: run `python -m finetune_kit.recipes`"
+
+
+def test_unknown_and_refused_keys_are_named_before_any_library_import(tmp_path):
+    """What the key index can answer is answered without importing transformers / trl (seconds on a small CPU)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "typo.yaml").write_text("dataset_name: d.jsonl\noutput_dir: o\nlora_rank: 8\n")
+    (tmp_path / "tc.yaml").write_text("recipe: text_classification\ndataset_name: d.jsonl\noutput_dir: o\n")
+    code = ("import sys\nfrom finetune_kit.cli import main\nfor argv in ([{a}], [{b}]):\n    try:\n        main(argv)\n"
+            "    except SystemExit as done:\n        print('exit', done.code)\n"
+            "print('imported', sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))")
+    code = code.format(a="'train', 'sft', '--config', 'typo.yaml'",
+                       b="'train', '--config', 'tc.yaml', '--attn_implementation', 'sdpa'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["exit 2", "exit 2", "imported []"], done.stdout + done.stderr
+    assert "unknown config key 'lora_rank' (config file typo.yaml). Did you mean 'lora_r'?" in done.stderr
+    assert "key 'attn_implementation' does nothing in the text_classification recipe" in done.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, chat_rows, write_config, write_jsonl
+
 from finetune_kit import recipes
 from finetune_kit.cli import main as cli_main
 from finetune_kit.errors import ConfigError
@@ -42,12 +42,13 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_wheel_and_sdist_hold_every_recipe_module_and_shipped_config(built):
-    assert len(RECIPE_MODULES) == len(recipes.RECIPES) + 1 and len(SHIPPED) >= len(recipes.RECIPES)
+    assert {f"{name}.py" for name in recipes.names()} | {"__init__.py", "__main__.py"} == set(RECIPE_MODULES)
+    assert len(SHIPPED) >= len(recipes.RECIPES)
     wheel = set(zipfile.ZipFile(built["wheel"]).namelist())
     sdist = {n.split("/", 1)[1] for n in tarfile.open(built["sdist"]).getnames() if "/" in n}
     for names in (wheel, sdist):
         assert {f"finetune_kit/recipes/{m}" for m in RECIPE_MODULES} <= names
-        assert {f"finetune_kit/configs/{c}" for c in SHIPPED} <= names
+        assert {f"finetune_kit/configs/{c}" for c in SHIPPED} | {"finetune_kit/recipes/keys.json"} <= names
         assert any(n.startswith("finetune_kit/metrics/") for n in names)
 
 
