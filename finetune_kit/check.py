@@ -29,6 +29,7 @@ from finetune_kit.data import (
 from finetune_kit.data.formats import normalise
 from finetune_kit.decisions import Decisions
 from finetune_kit.models import load_tokenizer, require_weights, resolve_checkpoint
+from finetune_kit.runs import check_output_dir
 
 # Recipe table `rows` kind -> how its rows are validated (None: the SFT formats).
 NORMALISERS = {"sft": None, "text": partial(normalise, fmt="text"), "pair": normalise_pair,
@@ -70,6 +71,8 @@ def check(argv: list[str] | None) -> int:
     row = recipes.choose(recipe, argv, default="sft")
     name = row.name
     cfg = parse_config(row.config_type(), argv)
+    # The output folder as train will see it: a finished run without --overwrite_output_dir, a file, no write access
+    check_output_dir(cfg.training.output_dir, cfg.run.overwrite_output_dir, cfg.training.resume_from_checkpoint)
     print(f"config ({name}): ok")
     decisions = Decisions(cfg, argv)  # the same decisions train would print
     if row.rows is None:
@@ -113,7 +116,13 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Dec
     from transformers import AutoConfig
 
     from finetune_kit.errors import ConfigError
-    from finetune_kit.memory import GIB, activation_checkpointing, available_memory, estimate, lora_targets_problem
+    from finetune_kit.memory import (
+        GIB,
+        activation_checkpointing,
+        available_memory,
+        estimate,
+        lora_targets_problem,
+    )
 
     args = cfg.training
     longest = max(lengths)

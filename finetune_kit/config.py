@@ -27,7 +27,7 @@ from trl import ModelConfig
 
 from finetune_kit.errors import ConfigError
 from finetune_kit.hardware import bf16_is_fast, has_accelerator
-from finetune_kit.yaml_config import RECIPE_KEY, unknown_key_message, read_yaml_config
+from finetune_kit.yaml_config import RECIPE_KEY, read_yaml_config, unknown_key_message
 
 C = TypeVar("C")
 

@@ -70,6 +70,8 @@ class TokenTaskArguments:
     label_all_tokens: bool = field(default=False, metadata={
         "help": "Label every sub-token of a word (B- becomes I- after the first), not only the first."})
     max_length: int = field(default=256, metadata={"help": "Longest tokenized sentence; longer ones are truncated."})
+    test_dataset_name: str | None = field(default=None, metadata={
+        "help": "A separate tagged test file (CoNLL test, ...), scored once at the end (test_* metrics)."})
     ignore_mismatched_sizes: bool = field(default=False, metadata={
         "help": "Replace a checkpoint's token-classification head that has a different number of tags."})
 

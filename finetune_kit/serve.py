@@ -29,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from finetune_kit.errors import UserError
-from finetune_kit.generation import GenerationOptions, cut_at_stop, encode_chat, reply, stream_reply
+from finetune_kit.generation import (
+    GenerationOptions,
+    cut_at_stop,
+    encode_chat,
+    reply,
+    stream_reply,
+)
 
 # Accepted and without effect on a local model's answer: OpenAI's bookkeeping fields.
 BOOKKEEPING = {"user", "metadata", "store", "service_tier"}

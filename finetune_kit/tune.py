@@ -40,11 +40,11 @@ from finetune_kit import recipes
 from finetune_kit.config import (
     TUNE_KEY,
     ConfigError,
-    unknown_key_message,
     _yaml_value_to_args,
     known_keys,
     parse_config,
     read_yaml_config,
+    unknown_key_message,
 )
 from finetune_kit.errors import UserError
 from finetune_kit.guards import TrainingDiverged

@@ -270,6 +270,10 @@ CASES = {
     "overwrite, then target modules matching nothing": (
         lambda e: sft(e, output_dir=str(e["out"]), overwrite_output_dir=True, lora_target_modules=["nonexistent_proj"]),
         r"lora_target_modules \['nonexistent_proj'\] match no module of .*\(its linear layers: .*q_proj", False),
+    "check: the output folder holds an earlier run": (
+        lambda e: ("cli", ["check", "--recipe", "sft", "--config", write_config(
+            e["tmp"] / "exists.yaml", sft(e, output_dir=str(e["out"]))[1])]),
+        r"output_dir .*out already holds files from an earlier run; nothing was changed", False),
     "check: target modules matching nothing": (
         lambda e: ("cli", ["check", "--recipe", "sft", "--config", write_config(
             e["tmp"] / "targets.yaml", sft(e, lora_target_modules=["q_proj", "nonexistent_proj"])[1])]),

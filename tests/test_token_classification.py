@@ -66,13 +66,14 @@ def ner_rows(n: int, seed: int = 0) -> list[dict]:
 
 def test_learns_tags_on_a_tiny_bert(tmp_path, tiny_bert_dir):
     data = write_jsonl(tmp_path / "ner.jsonl", ner_rows(96))
+    test = write_jsonl(tmp_path / "test.jsonl", ner_rows(24, seed=1))  # a held-out test file, scored at the end
     cfg = {"model_name_or_path": str(tiny_bert_dir), "dataset_name": str(data), "eval_split_ratio": 0.25,
            "output_dir": str(tmp_path / "run"), "num_train_epochs": 10, "per_device_train_batch_size": 16,
            "learning_rate": 3e-3, "logging_steps": 2, "save_strategy": "no", "report_to": "none",
-           "disable_tqdm": True, "seed": 0}
+           "disable_tqdm": True, "seed": 0, "test_dataset_name": str(test)}
     metrics = run_recipe("token_classification", ["--config", write_config(tmp_path / "c.yaml", cfg)])
     history = [e["loss"] for e in json.loads((tmp_path / "run" / "log_history.json").read_text()) if "loss" in e]
-    assert history[-1] < 0.3 * history[0] and metrics["eval_f1"] >= 0.9
+    assert history[-1] < 0.3 * history[0] and metrics["eval_f1"] >= 0.9 and metrics["test_f1"] >= 0.9
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert set(saved["id2label"].values()) == {"O", "B-PER", "B-LOC"}
 

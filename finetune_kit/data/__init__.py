@@ -12,7 +12,12 @@ from datasets import Dataset
 
 from finetune_kit.data.chat import end_of_turn_is_trained, tokenize_conversation
 from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
-from finetune_kit.data.preference import encode_prompt, normalise_pair, normalise_prompt, normalise_unpaired
+from finetune_kit.data.preference import (
+    encode_prompt,
+    normalise_pair,
+    normalise_prompt,
+    normalise_unpaired,
+)
 from finetune_kit.data.readers import read_rows
 from finetune_kit.errors import DataError, UserError
 

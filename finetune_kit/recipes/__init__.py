@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_kit.errors import ConfigError, UserError
-from finetune_kit.yaml_config import CONFIGS_DIR, RECIPE_KEY, config_path, read_yaml_config, shipped_configs
+from finetune_kit.yaml_config import (
+    CONFIGS_DIR,
+    RECIPE_KEY,
+    config_path,
+    read_yaml_config,
+    shipped_configs,
+)
 
 
 @dataclass(frozen=True)

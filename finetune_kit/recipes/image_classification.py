@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    Trainer,
+    set_seed,
+)
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import ImageClassificationConfig

@@ -15,7 +15,12 @@ import math
 from itertools import chain
 
 from datasets import Dataset
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
+from transformers import (
+    AutoModelForMaskedLM,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    set_seed,
+)
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import MaskedLMConfig

@@ -15,7 +15,12 @@ import random
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator, set_seed
+from transformers import (
+    AutoModelForQuestionAnswering,
+    Trainer,
+    default_data_collator,
+    set_seed,
+)
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import QuestionAnsweringConfig

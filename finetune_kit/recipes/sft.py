@@ -20,7 +20,11 @@ from trl import SFTTrainer, get_peft_config
 from finetune_kit import recipes
 from finetune_kit.config import parse_config
 from finetune_kit.config_decoder import SFTRecipeConfig
-from finetune_kit.data import load_sft_datasets, require_replies_within, tokenize_sft_dataset
+from finetune_kit.data import (
+    load_sft_datasets,
+    require_replies_within,
+    tokenize_sft_dataset,
+)
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard

@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    set_seed,
+)
 from trl import get_peft_config
 
 from finetune_kit.config import parse_config

@@ -14,7 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, set_seed
+from transformers import (
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    Trainer,
+    set_seed,
+)
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TokenClassificationConfig
@@ -45,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_rows = load_rows(cfg.data.dataset_name, task)
     eval_rows = load_rows(cfg.data.eval_dataset_name, task) if cfg.data.eval_dataset_name else None
-    names = tok.tag_names(train_rows + (eval_rows or []))
+    test_rows = load_rows(task.test_dataset_name, task) if task.test_dataset_name else None
+    names = tok.tag_names(train_rows + (eval_rows or []) + (test_rows or []))
     index = {n: i for i, n in enumerate(names)}
     b_to_i = {index[n]: index["I-" + n[2:]] for n in names if n.startswith("B-") and "I-" + n[2:] in index}
     train = Dataset.from_list(train_rows)
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     train = train.map(encode, batched=True, remove_columns=train.column_names)
     evaluation = evaluation.map(encode, batched=True, remove_columns=evaluation.column_names) if evaluation else None
+    test = Dataset.from_list(test_rows) if test_rows else None
+    test = test.map(encode, batched=True, remove_columns=test.column_names) if test is not None else None
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForTokenClassification.from_pretrained(
@@ -88,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     if evaluation is not None:
         metrics.update(trainer.evaluate())
-
+    if test is not None:
+        metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
     finish_run(trainer, cfg, "token_classification", metrics, decisions)
     return metrics
 
