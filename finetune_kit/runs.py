@@ -31,9 +31,9 @@ def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: s
     """
     out = Path(output_dir)
     aside = out.parent / REPLACED.format(name=out.name)
-    if aside.is_dir():
-        print(f"note: {aside} holds what an interrupted --overwrite_output_dir run set aside from {out}",
-              file=sys.stderr)
+    # A replacement killed before its first step (after it, the set-aside run is deleted); the main process restores.
+    if aside.is_dir() and os.environ.get("RANK", "0") == "0":
+        restore(output_dir, aside, why="an --overwrite_output_dir run was interrupted before its first step")
     if resume_from_checkpoint:
         return _checkpoint_to_resume(out, resume_from_checkpoint)
     if out.exists() and not out.is_dir():
@@ -108,7 +108,7 @@ def _checkpoint_to_resume(out: Path, resume: str) -> str:
 # --overwrite_output_dir never destroys a finished run before the new one has proved it can train: its contents are
 # moved into a hidden sibling folder once the trainer is built, restored if the new run fails before its first
 # optimizer step, and deleted after that step (trainer_setup.prepare_trainer). A process killed in between leaves
-# them in that folder, which check_output_dir points out.
+# them in that folder; the next run or check on the same output_dir (check_output_dir) puts them back first.
 REPLACED = ".{name}.replaced"
 
 
@@ -118,16 +118,13 @@ def set_aside(output_dir: str) -> Path | None:
     if not out.is_dir() or not any(out.iterdir()):
         return None
     aside = out.parent / REPLACED.format(name=out.name)
-    if aside.exists():  # the leftover of a killed replacement holds the older run: never overwrite it
-        raise UserError(f"{aside} holds the contents of {out} from an interrupted replacement; move it back or delete "
-                        "it, then run again (nothing was changed).")
-    aside.mkdir()
+    aside.mkdir()  # check_output_dir restored any leftover of a killed replacement before this run started
     for child in out.iterdir():
         child.rename(aside / child.name)
     return aside
 
 
-def restore(output_dir: str, aside: Path) -> None:
+def restore(output_dir: str, aside: Path, why: str = "the run failed before its first step") -> None:
     """Put the set-aside contents back, removing what the failed run wrote in their place."""
     out = Path(output_dir)
     for child in list(out.iterdir()) if out.is_dir() else []:
@@ -136,7 +133,7 @@ def restore(output_dir: str, aside: Path) -> None:
     for child in aside.iterdir():
         child.rename(out / child.name)
     aside.rmdir()
-    print(f"the run failed before its first step: {out} is restored as it was", file=sys.stderr)
+    print(f"{why}: {out} is restored as it was", file=sys.stderr)
 
 
 def record_base_model(output_dir: str, model_name_or_path: str) -> None:

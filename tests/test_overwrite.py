@@ -75,3 +75,36 @@ def test_a_failure_the_config_checks_catch_touches_nothing(tmp_path, tiny_model_
     with pytest.raises(ConfigError, match="lora_dropout"):
         run_recipe("sft", config(tmp_path, tiny_model_dir, finished, lora_dropout=1.5))
     assert checksums(finished) == before
+
+
+KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+sys.path.insert(0, {tests!r})
+from conftest import run_recipe
+from finetune_kit.trainer_setup import driver_callbacks
+
+class Kill(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handler: as if the machine died
+
+with driver_callbacks(Kill()):
+    run_recipe("sft", sys.argv[1:])
+"""
+
+
+def test_a_replacement_killed_before_its_first_step_is_undone_by_the_next_command(tmp_path, tiny_model_dir, finished):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from finetune_kit.runs import check_output_dir
+
+    before = checksums(finished)
+    killed = subprocess.run([sys.executable, "-c", KILLER.format(tests=str(ROOT / "tests")),
+                             *config(tmp_path, tiny_model_dir, finished)], capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    aside = finished.parent / f".{finished.name}.replaced"
+    assert aside.is_dir() and checksums(aside) == before  # nothing lost: the old run waits beside the folder
+    check_output_dir(str(finished), overwrite=True, resume_from_checkpoint=None)  # what train and check call first
+    assert checksums(finished) == before and not aside.exists()
