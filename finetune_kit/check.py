@@ -72,7 +72,8 @@ def check(argv: list[str] | None) -> int:
     name = row.name
     cfg = parse_config(row.config_type(), argv)
     # The output folder as train will see it: a finished run without --overwrite_output_dir, a file, no write access
-    check_output_dir(cfg.training.output_dir, cfg.run.overwrite_output_dir, cfg.training.resume_from_checkpoint)
+    if hasattr(cfg, "training") and hasattr(cfg, "run"):
+        check_output_dir(cfg.training.output_dir, cfg.run.overwrite_output_dir, cfg.training.resume_from_checkpoint)
     print(f"config ({name}): ok")
     decisions = Decisions(cfg, argv)  # the same decisions train would print
     if row.rows is None:
