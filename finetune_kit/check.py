@@ -135,9 +135,9 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Dec
         batch, seq = args.per_device_train_batch_size, min(longest, args.max_length or longest)
         if getattr(args, "packing", False):
             seq = args.max_length or longest
-    model_config = AutoConfig.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
-                                              trust_remote_code=args.trust_remote_code)
-    require_weights(cfg.model.model_name_or_path, resolve_checkpoint(cfg.model.model_name_or_path))
+    resolved = resolve_checkpoint(cfg.model.model_name_or_path)
+    model_config = AutoConfig.from_pretrained(resolved, trust_remote_code=args.trust_remote_code)
+    require_weights(cfg.model.model_name_or_path, resolved)
     problem = cfg.model.use_peft and lora_targets_problem(model_config, cfg.model.lora_target_modules,
                                                           cfg.model.model_name_or_path)
     if problem:  # the same error train gives, before its weights load

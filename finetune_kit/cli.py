@@ -198,9 +198,10 @@ def _tune_doc() -> str:
 
 def _list_recipes() -> None:
     width = max(len(name) for name in recipes.names())
+    shipped = recipes.configs_by_recipe()
     for row in recipes.RECIPES:
         print(f"{row.name:<{width}}  {row.summary}")
-        for config in row.shipped_configs():
+        for config in shipped.get(row.name, []):
             print(f"{'':<{width}}    --config {config}")
     print("\nfinetune-kit init <config> [path] copies one to edit; finetune-kit train <recipe> --config <config or path>")
 
@@ -223,13 +224,12 @@ def _init(name: str, path: Path | None) -> None:
         target = target / f"{source.stem}.yaml"
     if target.exists():
         raise UserError(f"init: {target} exists; choose another path (nothing was written).")
-    text = source.read_text()
+    text, keys = source.read_text(), read_yaml_config(source)
     recipe = recipes.recipe_named_by(source)
-    if recipes.RECIPE_KEY not in read_yaml_config(source):  # the copy keeps its recipe whatever it is renamed to
+    if recipes.RECIPE_KEY not in keys:  # the copy keeps its recipe whatever it is renamed to
         text = f"{recipes.RECIPE_KEY}: {recipe}\n" + text
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, text)
-    keys = read_yaml_config(target)
     print(f"wrote {target} (recipe {recipe}). Edit first:")
     for key, what in FIRST_KEYS.items():
         if key in keys:

@@ -27,7 +27,7 @@ from trl import ModelConfig
 
 from finetune_kit.errors import ConfigError
 from finetune_kit.hardware import bf16_is_fast, has_accelerator
-from finetune_kit.yaml_config import RECIPE_KEY, read_yaml_config, unknown_key_message
+from finetune_kit.yaml_config import RECIPE_KEY, TUNE_KEY, given_keys, read_yaml_config, unknown_key_message
 
 C = TypeVar("C")
 
@@ -190,7 +190,6 @@ def known_keys(config_type: type) -> list[str]:
     return sorted({f.name for part in config_parts(config_type).values() for f in dataclasses.fields(part)})
 
 
-TUNE_KEY = "tune"
 
 
 def mapping_keys(config_type: type) -> set[str]:
@@ -312,9 +311,7 @@ def _refuse_unread_keys(config_type: type, yaml_keys: dict, cli_args: list[str],
         return
     training_part = config_parts(config_type).get("training")
     training = {f.name for f in dataclasses.fields(training_part)} if training_part else set()
-    given = [(k, f"config file {config_path}") for k in yaml_keys if k not in (TUNE_KEY, RECIPE_KEY)]
-    given += [(a.split("=", 1)[0][2:], "command line") for a in cli_args if a.startswith("--")]
-    for key, where in given:
+    for key, where in given_keys(yaml_keys, cli_args, config_path):
         problem = recipes.refused_key(row, key, training)
         if problem:
             raise ConfigError(f"{problem} ({where}).")

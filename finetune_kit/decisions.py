@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_kit.yaml_config import read_yaml_config
+from finetune_kit.yaml_config import keys_in
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,7 @@ class Decision:
 
 def user_keys(argv: list[str] | None) -> set[str]:
     """Keys the user set: in the `--config` YAML or as `--key` on the command line."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    keys = {a.split("=", 1)[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            keys |= set(read_yaml_config(arg.partition("=")[2]))
-        elif arg == "--config" and i + 1 < len(argv):
-            keys |= set(read_yaml_config(argv[i + 1]))
-    return keys - {"config"}
+    return {key for key, _ in keys_in(list(sys.argv[1:] if argv is None else argv))}
 
 
 def precision_decisions(training_args, user: set[str]) -> list[Decision]:

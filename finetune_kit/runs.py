@@ -136,6 +136,28 @@ def restore(output_dir: str, aside: Path, why: str = "the run failed before its 
     print(f"{why}: {out} is restored as it was", file=sys.stderr)
 
 
+class Replacement:
+    """--overwrite_output_dir: the old contents of output_dir, set aside (when `enabled`) until the new run's first
+    optimizer step. Used as a context around training: an exception before `first_step_done()` restores them."""
+
+    def __init__(self, output_dir: str, enabled: bool):
+        self.output_dir = output_dir
+        self.aside = set_aside(output_dir) if enabled else None
+
+    def first_step_done(self) -> None:  # the new run can train: the old one goes
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def __enter__(self) -> Replacement:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None and self.aside is not None:  # failed before its first step: the old one comes back
+            restore(self.output_dir, self.aside)
+            self.aside = None
+
+
 def record_base_model(output_dir: str, model_name_or_path: str) -> None:
     """Point a saved adapter at the model reference the user gave (embedded name, hub id) instead of a cache path."""
     path = Path(output_dir) / "adapter_config.json"

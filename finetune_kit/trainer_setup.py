@@ -15,7 +15,7 @@ import torch
 
 from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.hardware import narrow_lm_head_tiles
-from finetune_kit.runs import restore, set_aside
+from finetune_kit.runs import Replacement
 
 _DRIVER_CALLBACKS: list = []
 
@@ -30,7 +30,7 @@ def prepare_trainer(trainer, replace: bool = False) -> list:
     """
     atomic_checkpoints(trainer)
     if replace and trainer.is_world_process_zero():
-        keep_replaced_run_until_first_step(trainer, set_aside(trainer.args.output_dir))
+        keep_replaced_run_until_first_step(trainer, Replacement(trainer.args.output_dir, enabled=True))
     tiles = narrow_lm_head_tiles(trainer.args.device)
     seeded_length_grouping(trainer)
     for callback in _DRIVER_CALLBACKS:
@@ -42,34 +42,21 @@ def prepare_trainer(trainer, replace: bool = False) -> list:
     return [tiles] if tiles else []
 
 
-def keep_replaced_run_until_first_step(trainer, aside) -> None:
+def keep_replaced_run_until_first_step(trainer, replacement: Replacement) -> None:
     """Delete the set-aside run after the first optimizer step; restore it if `train` raises before that."""
-    import shutil
-
     from transformers import TrainerCallback
 
-    if aside is None:
-        return
-    state = {"aside": aside}
-
-    class _DiscardReplaced(TrainerCallback):
-        def on_step_end(self, args, control_state, control, **kwargs):
-            if state["aside"] is not None:  # runs before the step's checkpoint is saved: no name collides
-                shutil.rmtree(state["aside"], ignore_errors=True)
-                state["aside"] = None
+    class _FirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            replacement.first_step_done()  # runs before the step's checkpoint is saved: no name collides
 
     library_train = trainer.train
 
     def train(*args, **kwargs):
-        try:
+        with replacement:
             return library_train(*args, **kwargs)
-        except BaseException:
-            if state["aside"] is not None:
-                restore(trainer.args.output_dir, state["aside"])
-                state["aside"] = None
-            raise
 
-    trainer.add_callback(_DiscardReplaced())
+    trainer.add_callback(_FirstStep())
     trainer.train = train
 
 

@@ -18,6 +18,8 @@ from finetune_kit.errors import ConfigError
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 # The key by which a YAML names its recipe (`recipe: dpo`; finetune_kit.recipes); the file-name prefix is the fallback.
 RECIPE_KEY = "recipe"
+# The search space of `finetune-kit tune` (finetune_kit/tune.py); training ignores it.
+TUNE_KEY = "tune"
 
 
 def shipped_configs() -> list[str]:
@@ -72,3 +74,28 @@ def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     close = sorted(prefixed, key=len, reverse=True) or difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key '{key}' ({where}).{hint}"
+
+
+def config_argument(argv: list[str]) -> str | None:
+    """The value of `--config X` / `--config=X` in a recipe's arguments."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+def given_keys(yaml_keys, cli_args: list[str], config: str | None) -> list[tuple[str, str]]:
+    """(key, where) for each key the user set: the YAML's (not `recipe` / `tune`) and the command line's `--key`."""
+    given = [(str(k), f"config file {config}") for k in yaml_keys if k not in (RECIPE_KEY, TUNE_KEY)]
+    given += [(a.split("=", 1)[0][2:].replace("-", "_"), "command line") for a in cli_args
+              if a.startswith("--") and a.split("=", 1)[0] != "--config"]
+    return given
+
+
+def keys_in(argv: list[str]) -> list[tuple[str, str]]:
+    """`given_keys` of a recipe's arguments, reading the config they name."""
+    config = config_argument(argv)
+    return given_keys(read_yaml_config(config) if config else {}, argv, config)
+

@@ -20,7 +20,9 @@ from finetune_kit.errors import ConfigError, UserError
 from finetune_kit.yaml_config import (
     CONFIGS_DIR,
     RECIPE_KEY,
+    config_argument,
     config_path,
+    keys_in,
     read_yaml_config,
     shipped_configs,
 )
@@ -53,7 +55,7 @@ class Recipe:
         return importlib.import_module(self.module or f"finetune_kit.recipes.{self.name}")
 
     def shipped_configs(self) -> list[str]:
-        return [name for name in shipped_configs() if recipe_named_by(CONFIGS_DIR / f"{name}.yaml") == self.name]
+        return configs_by_recipe().get(self.name, [])
 
 
 _DEC, _TASK = "finetune_kit.config_decoder", "finetune_kit.config_tasks"
@@ -110,6 +112,14 @@ def refused_key(recipe: Recipe, key: str, training_keys: set[str]) -> str | None
     return None
 
 
+def configs_by_recipe() -> dict[str, list[str]]:
+    """The shipped configs of each recipe, each file read once."""
+    mapping: dict[str, list[str]] = {}
+    for name in shipped_configs():
+        mapping.setdefault(recipe_named_by(CONFIGS_DIR / f"{name}.yaml"), []).append(name)
+    return mapping
+
+
 def names() -> list[str]:
     return [r.name for r in RECIPES]
 
@@ -140,16 +150,6 @@ def recipe_named_by(value: str | Path) -> str | None:
         return named
     stem = path.stem
     return max((n for n in names() if stem == n or stem.startswith(n + "_")), key=len, default=None)
-
-
-def config_argument(argv: list[str]) -> str | None:
-    """The value of `--config X` / `--config=X` in a recipe's arguments."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.partition("=")[2]
-    return None
 
 
 def choose(explicit: str | None, argv: list[str], default: str | None = None) -> Recipe:
@@ -207,12 +207,7 @@ def precheck_keys(row: Recipe, argv: list[str]) -> None:
     if index is None:  # a recipe added since the index was written: the full parser answers
         return
     known, training = set(index["keys"]), set(index["training"])
-    config = config_argument(argv)
-    given = [(str(k), f"config file {config}") for k in (read_yaml_config(config) if config else {})
-             if k not in (RECIPE_KEY, "tune")]
-    given += [(a.split("=", 1)[0][2:].replace("-", "_"), "command line") for a in argv
-              if a.startswith("--") and a.split("=", 1)[0] != "--config"]
-    for key, where in given:
+    for key, where in keys_in(argv):
         plain = key[3:] if key.startswith("no_") and key[3:] in known else key  # argparse's --no_<flag> form
         if plain not in known:
             raise ConfigError(unknown_key_message(key, sorted(known), where))

@@ -13,7 +13,6 @@ Checkpoints (save_steps) hold adapter, value head, optimizer and KL state; --res
 from __future__ import annotations
 
 import json
-import shutil
 
 from accelerate import Accelerator
 from peft import get_peft_model
@@ -28,7 +27,7 @@ from finetune_kit.errors import run_cli
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.rl.ppo import PolicyWithValue, PPOTrainer
 from finetune_kit.rl.rewards import RewardSources
-from finetune_kit.runs import check_output_dir, finish_run, restore, set_aside
+from finetune_kit.runs import Replacement, check_output_dir, finish_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,27 +55,22 @@ def main(argv: list[str] | None = None) -> dict:
                          cfg.run.on_nonfinite)
     if resume:
         trainer.load_checkpoint(resume)
-    # --overwrite_output_dir: the old run is set aside now and deleted after the first step (restored on failure).
-    aside = set_aside(args.output_dir) if cfg.run.overwrite_output_dir and not resume and \
-        accelerator.is_main_process else None
+    # --overwrite_output_dir: the old run is set aside now, deleted after the first step, restored on a failure
+    # before it (the held-out scoring below included).
+    replacement = Replacement(args.output_dir, cfg.run.overwrite_output_dir and not resume and
+                              accelerator.is_main_process)
 
     metrics, eval_seed = {}, args.seed + 1_000_003  # the same sampled answers' randomness before and after
-    if eval_ids and resume is None:
-        metrics["before"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
-    while trainer.step < args.max_steps:
-        try:
+    with replacement:
+        if eval_ids and resume is None:
+            metrics["before"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
+        while trainer.step < args.max_steps:
             log = trainer.train_step()
-        except BaseException:
-            if aside is not None:
-                restore(args.output_dir, aside)
-            raise
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-            aside = None
-        if accelerator.is_main_process and (trainer.step % args.logging_steps == 0 or trainer.step == 1):
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
-        if args.save_strategy == "steps" and trainer.step % args.save_steps == 0 and trainer.step < args.max_steps:
-            trainer.save_checkpoint(args.output_dir)
+            replacement.first_step_done()
+            if accelerator.is_main_process and (trainer.step % args.logging_steps == 0 or trainer.step == 1):
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
+            if args.save_strategy == "steps" and trainer.step % args.save_steps == 0 and trainer.step < args.max_steps:
+                trainer.save_checkpoint(args.output_dir)
     if eval_ids:
         metrics["after"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
         if accelerator.is_main_process and "before" in metrics:
