@@ -21,6 +21,28 @@ if os.environ.get("FINETUNE_KIT_VERBOSE", "") in ("", "0"):
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in
                                                                  record.getMessage())
 
+
+
+def quiet_libraries() -> None:
+    """At the command-line boundary (errors.run_cli), unless FINETUNE_KIT_VERBOSE=1: FutureWarnings that the
+    libraries address to their callers' authors (us: `is_gradient_checkpointing is deprecated`, ...) are not shown to
+    users, and outside a terminal (a log file, CI; not a notebook) the weight-loading bars, which a log shows as
+    hundreds of redrawn lines, are off. Scripts that import finetune_kit keep the libraries' defaults."""
+    import sys
+    import warnings
+
+    if os.environ.get("FINETUNE_KIT_VERBOSE", "") not in ("", "0"):
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"(transformers|trl|peft|accelerate|datasets|torch|huggingface_hub)(\.|$)")
+    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub / transformers load
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+
+
 _EXPORTS = {
     "parse_config": "finetune_kit.config",
     "ModelArguments": "finetune_kit.config",

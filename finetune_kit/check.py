@@ -13,27 +13,17 @@ check; the others the config check.
 from __future__ import annotations
 
 import statistics
-from functools import partial
 
 from finetune_kit import recipes
-from finetune_kit.config import parse_config
 from finetune_kit.data import (
+    ROW_NORMALISERS,
     encode_prompt,
     end_of_turn_is_trained,
     load_sft_datasets,
-    normalise_pair,
-    normalise_prompt,
-    normalise_unpaired,
     tokenize_sft_dataset,
 )
-from finetune_kit.data.formats import normalise
-from finetune_kit.decisions import Decisions
-from finetune_kit.models import load_tokenizer, require_weights, resolve_checkpoint
+from finetune_kit.preflight import preflight
 from finetune_kit.runs import check_output_dir
-
-# Recipe table `rows` kind -> how its rows are validated (None: the SFT formats).
-NORMALISERS = {"sft": None, "text": partial(normalise, fmt="text"), "pair": normalise_pair,
-               "unpaired": normalise_unpaired, "prompt": normalise_prompt}
 
 
 def sequence_lengths(dataset, tokenizer, rows: str) -> list[int]:
@@ -69,6 +59,11 @@ def check(argv: list[str] | None) -> int:
         recipe = argv[at + 1] if at + 1 < len(argv) else ""
         del argv[at:at + 2]
     row = recipes.choose(recipe, argv, default="sft")
+    preflight(row, argv)  # the same checks train runs first, before the libraries load
+    from finetune_kit.config import parse_config
+    from finetune_kit.decisions import Decisions
+    from finetune_kit.models import load_tokenizer
+
     name = row.name
     cfg = parse_config(row.config_type(), argv)
     # The output folder as train will see it: a finished run without --overwrite_output_dir, a file, no write access
@@ -83,7 +78,7 @@ def check(argv: list[str] | None) -> int:
     args = cfg.training
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                revision=cfg.model.model_revision, trust_remote_code=args.trust_remote_code)
-    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=NORMALISERS[row.rows])
+    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=ROW_NORMALISERS[row.rows])
     print(f"data: {len(train)} training rows" + (f", {len(evaluation)} validation rows" if evaluation else "")
           + ", every row valid")
 
@@ -113,7 +108,7 @@ def check(argv: list[str] | None) -> int:
     return 1 if warnings else 0
 
 
-def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Decisions) -> list[str]:
+def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions) -> list[str]:
     from transformers import AutoConfig
 
     from finetune_kit.errors import ConfigError
@@ -124,6 +119,7 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions: Dec
         estimate,
         lora_targets_problem,
     )
+    from finetune_kit.models import require_weights, resolve_checkpoint
 
     args = cfg.training
     longest = max(lengths)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from finetune_kit import recipes
 from finetune_kit.errors import UserError, run_cli
+from finetune_kit.model_files import EMBEDDED, read_adapter_config, require_model_reference, require_weights
+from finetune_kit.preflight import preflight
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,10 +42,12 @@ def _generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256)
 
 
 def _options(args):
-    from finetune_kit.generation import GenerationOptions
-
     if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UserError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1.")
+    from finetune_kit.generation import (
+        GenerationOptions,  # torch: after the arguments are known to be good
+    )
+
     return GenerationOptions(args.max_new_tokens, args.temperature, args.top_p)
 
 
@@ -114,7 +118,9 @@ def _main(argv: list[str] | None) -> None:
             from finetune_kit.recipe_help import recipe_help, recipes_help
 
             return print(recipe_help(recipes.get(named).name, "--help-all" in rest) if named else recipes_help())
-        return recipes.choose(named, rest).load().main(rest)
+        row = recipes.choose(named, rest)
+        preflight(row, rest)  # what needs no library, named before trl / transformers load
+        return row.load().main(rest)
     if args.command in ("check", "tune") and {"-h", "--help"} & set(rest):
         return print(CHECK_HELP if args.command == "check" else _tune_doc())
     if args.command == "check":
@@ -128,10 +134,8 @@ def _main(argv: list[str] | None) -> None:
     if rest:
         raise UserError(f"finetune-kit {args.command}: unrecognized arguments: {' '.join(rest)}")
     if args.command in ("chat", "generate", "serve"):
-        from finetune_kit.models import load_for_inference, require_generative
-
-        # Everything checkable without weights first: options, the prompts file, the output path, the port.
-        options = _options(args) if args.command != "serve" else None
+        # Everything checkable without weights (and without torch) first: the prompts file, the output path, the
+        # batch size, the port, then the generation options.
         prompts = _read_prompts(args.input) if args.command == "generate" else None
         if args.command == "generate":
             _require_output_file(args.output, "--output")
@@ -140,6 +144,14 @@ def _main(argv: list[str] | None) -> None:
         if args.command == "serve" and not (0 < args.port < 65536 and args.max_tokens_limit >= 1):
             raise UserError(f"serve: --port must be in 1-65535 (got {args.port}) and --max_tokens_limit >= 1 "
                             f"(got {args.max_tokens_limit}).")
+        if args.model not in EMBEDDED:  # a missing path, a hub id offline, a broken adapter or cut-short weights:
+            require_model_reference(args.model)  # named before torch loads
+            if Path(args.model).expanduser().is_dir():
+                read_adapter_config(Path(args.model).expanduser())
+            require_weights(args.model, args.model)
+        options = _options(args) if args.command != "serve" else None
+        from finetune_kit.models import load_for_inference, require_generative
+
         require_generative(args.model)
         model, tokenizer = load_for_inference(args.model)
     if args.command == "recipes":

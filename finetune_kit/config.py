@@ -21,17 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import datasets
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from trl import ModelConfig
 
+from finetune_kit.config_plain import DATASET_FORMATS, DataArguments, RunArguments  # noqa: F401 - re-exported
 from finetune_kit.errors import ConfigError
 from finetune_kit.hardware import bf16_is_fast, has_accelerator
-from finetune_kit.yaml_config import RECIPE_KEY, TUNE_KEY, given_keys, read_yaml_config, unknown_key_message
+from finetune_kit.yaml_config import (
+    RECIPE_KEY,
+    TUNE_KEY,
+    dashless_override,
+    given_keys,
+    read_yaml_config,
+    unknown_key_message,
+)
 
 C = TypeVar("C")
-
-DATASET_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 
 
 @dataclass
@@ -65,65 +70,6 @@ class ModelArguments(ModelConfig):
         if isinstance(targets, list) and len(targets) == 1 and targets[0] != "all-linear" and \
                 not re.search(r"[.*+?()\[\]|^$\\]", targets[0]):
             self.lora_target_modules = targets
-
-
-@dataclass
-class DataArguments:
-    """Where the data is, what shape it has, and how to split it."""
-
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Local file / folder (json, jsonl, csv, tsv, parquet, txt) or hub dataset id."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (hub datasets)."})
-    eval_dataset_name: str | None = field(
-        default=None, metadata={"help": "Separate validation file or hub id; otherwise see eval_split_ratio."}
-    )
-    eval_split_ratio: float = field(
-        default=0.0, metadata={"help": "Fraction of the training rows held out for validation (seeded)."}
-    )
-    dataset_format: str = field(
-        default="auto", metadata={"help": "Row format, detected from the columns when 'auto'.", "choices": DATASET_FORMATS}
-    )
-    column_mapping: dict[str, str] | str | None = field(
-        default=None,
-        metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
-    )
-    max_train_samples: int | None = field(default=None, metadata={
-        "help": "Train on the first N training rows, counted after the validation / test split (which it leaves "
-                "unchanged)."})
-    skip_invalid_rows: bool = field(default=False, metadata={
-        "help": "Drop rows that fail validation (counted and shown) instead of stopping at the first one."})
-    split_seed: int | None = field(default=None, metadata={
-        "help": "Seed of the validation / test split (default: seed). tune fixes it, so trials with their own seeds "
-                "are scored on the same held-out rows."})
-
-    def seed_for_split(self, seed: int) -> int:
-        return seed if self.split_seed is None else self.split_seed
-
-    def __post_init__(self):
-        if isinstance(self.column_mapping, str):
-            try:
-                parsed = yaml.safe_load(self.column_mapping)
-            except yaml.YAMLError as err:
-                raise ValueError(f"column_mapping is not a mapping: {err}") from None
-            if not isinstance(parsed, dict):
-                raise ValueError(f"column_mapping must be a mapping such as {{instruction: question}}, got {parsed!r}")
-            self.column_mapping = {str(k): str(v) for k, v in parsed.items()}
-
-
-@dataclass
-class RunArguments:
-    """What to do about an existing output directory and a non-finite gradient; whether to write a report."""
-
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace the contents of a non-empty output_dir (a finished run too)."}
-    )
-    on_nonfinite: str = field(default="stop", metadata={
-        "help": "A NaN / inf gradient: stop the run (the newest checkpoint is the last good state), or skip that "
-                "update and count it.", "choices": ("stop", "skip")})
-    report: bool = field(default=True, metadata={
-        "help": "Write report.html and PNG plots (loss, learning rate, metrics) into the run folder at the end."})
 
 
 def length_grouped_sampling():
@@ -232,9 +178,8 @@ def _check_cli_keys(args: list[str], parser: _Parser, known: Sequence[str]) -> N
             option = arg.split("=", 1)[0]
             if option not in parser._option_string_actions:
                 raise ConfigError(unknown_key_message(option[2:].replace("-", "_"), known, "command line"))
-        elif re.match(r"^[A-Za-z_]\w*=", arg) and arg.split("=", 1)[0] in known:
-            key, value = arg.split("=", 1)
-            raise ConfigError(f"unexpected argument '{arg}': overrides are written --{key} {value}.")
+        elif (message := dashless_override(arg, known)) is not None:
+            raise ConfigError(message)
 
 
 def _argparse_message(message: str, cli_args: list[str], config_path: str | None) -> str:
@@ -296,7 +241,7 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
         raise ConfigError(f"invalid config{f' {config_path}' if config_path else ''}: {err}") from None
 
     config = config_type(*parts)
-    problems = [msg for check in VALIDATORS.get(config_type, []) if (msg := check(config))]
+    problems = [msg for check in config_checks_of(config_type) if (msg := check(config))]
     if problems:
         raise ConfigError("invalid config: " + " ".join(problems))
     return config
@@ -322,21 +267,19 @@ def _takes_a_list(parser: _Parser, key: str) -> bool:
 
 
 def _require_recipe(named: Any, config_type: type, config_path: str) -> None:
-    """A config that names its recipe (`recipe: dpo`) is refused by any other recipe."""
     from finetune_kit import recipes
 
     row = recipes.for_config_type(config_type)
-    if row is not None and named != row.name:
-        raise ConfigError(f"config file {config_path} is for recipe '{named}' (key '{RECIPE_KEY}'), not '{row.name}': "
-                          f"run `finetune-kit train {named} --config {config_path}`, or change the key.")
+    if row is not None:
+        recipes.require_recipe_key(row, named, config_path)
 
 
-def register_checks(config_type: type, *checks: Callable[[Any], str | None]) -> None:
-    """Attach cross-field checks (each returns an error message or None) to a recipe config type."""
-    VALIDATORS.setdefault(config_type, []).extend(checks)
+def config_checks_of(config_type: type) -> tuple[Callable[[Any], str | None], ...]:
+    """The cross-field checks a config type runs: its recipe table row's (the preflight runs the same)."""
+    from finetune_kit import recipes
 
-
-VALIDATORS: dict[type, list[Callable[[Any], str | None]]] = {}
+    row = recipes.for_config_type(config_type)
+    return row.checks if row is not None else ()
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -1,5 +1,9 @@
-"""Cross-field checks every recipe config runs, each a named function of the whole config returning an error message
-naming the keys, or None. They run in `parse_config`, before any model or dataset is touched; each is tested on its own.
+"""Cross-field checks of the recipe configs, each a named function of the whole config returning an error message
+naming the keys, or None; the recipe table (`Recipe.checks`) says which a recipe runs. Each is tested on its own.
+
+They run twice on the same values, by the same functions: in `finetune_kit.preflight` on the YAML and command-line
+values (before trl / transformers are imported, so a mistake is named in well under 2 s), and in `parse_config` on the
+typed config. So this module imports nothing, and a check reads only plain values (numbers, strings, lists).
 """
 
 from __future__ import annotations
@@ -116,14 +120,121 @@ TRACKERS = {"tensorboard": ("tensorboard", "finetune-kit[tensorboard]"), "wandb"
                                                                                                   "codecarbon")}
 
 
+def tracker_names(cfg) -> list[str]:
+    """report_to as a list: the YAML may give one name (`report_to: none`), which transformers turns into a list."""
+    value = cfg.training.report_to
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def trackers_installed(cfg) -> str | None:
     """A tracker named in report_to must be importable now, not after the model has loaded."""
     import importlib.util
 
-    for name in cfg.training.report_to or []:
+    for name in tracker_names(cfg):
         module, package = TRACKERS.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
             return f"report_to: {name} needs the {module} package, which is not installed: pip install '{package}'."
+    return None
+
+
+# --- checks of some recipes' own parts (the recipe table's `checks` names them) ---
+
+
+def has_reward_source(cfg) -> str | None:
+    if not cfg.rewards.reward_model and not cfg.rewards.reward_functions:
+        return "no reward: set reward_model (a reward-model run folder) and/or reward_functions (module:function)."
+    return None
+
+
+def ppo_needs_adapter(cfg) -> str | None:
+    # The reference is the base with adapters disabled: one model copy instead of two.
+    if not cfg.model.use_peft:
+        return "PPO trains LoRA adapters (the reference is the base with adapters off): set use_peft: true."
+    return None
+
+
+def ppo_batches_divide(cfg) -> str | None:
+    p = cfg.ppo
+    if p.rollout_batch_size <= 0 or p.mini_batch_size <= 0 or p.rollout_batch_size % p.mini_batch_size:
+        return (f"rollout_batch_size ({p.rollout_batch_size}) must be a positive multiple of mini_batch_size "
+                f"({p.mini_batch_size}).")
+    return None
+
+
+def ppo_needs_max_steps(cfg) -> str | None:
+    if cfg.training.max_steps <= 0:
+        return "max_steps: set the number of PPO steps (each samples rollout_batch_size prompts)."
+    return None
+
+
+def ppo_reports_nowhere(cfg) -> str | None:
+    """Our PPO loop logs to the terminal and log_history.json only: a tracker named in report_to would stay silent."""
+    trackers = [t for t in tracker_names(cfg) if t != "none"]
+    if trackers:
+        return (f"report_to: {', '.join(trackers)}: the ppo recipe logs to the terminal and log_history.json only; "
+                "use report_to: none.")
+    return None
+
+
+def ppo_ranges(cfg) -> str | None:
+    p = cfg.ppo
+    if not (0 < p.gamma <= 1 and 0 <= p.lam <= 1):
+        return f"gamma must be in (0, 1] and lam in [0, 1], got gamma={p.gamma}, lam={p.lam}."
+    if p.cliprange <= 0 or p.cliprange_value <= 0 or p.kl_coef < 0 or p.ppo_epochs < 1 or p.max_new_tokens < 1:
+        return "cliprange and cliprange_value must be > 0, kl_coef >= 0, ppo_epochs and max_new_tokens >= 1."
+    if p.early_stop_kl < 0 or p.kl_ceiling < 0 or p.guard_eval_steps < 0:
+        return (f"early_stop_kl, kl_ceiling and guard_eval_steps must be >= 0 (0 turns each off), got "
+                f"{p.early_stop_kl}, {p.kl_ceiling}, {p.guard_eval_steps}.")
+    return None
+
+
+def beta_positive(cfg) -> str | None:
+    """DPO / KTO scale their implicit reward by beta: 0 or less trains towards nothing, or away from the data."""
+    if not cfg.training.beta > 0:
+        return f"beta must be positive, got {cfg.training.beta} (0.1 is the usual value)."
+    return None
+
+
+def reward_head_with_lora(cfg) -> str | None:
+    if cfg.model.use_peft and cfg.model.lora_task_type != "SEQ_CLS":
+        return f"lora_task_type must be SEQ_CLS for a reward model (got {cfg.model.lora_task_type})."
+    return None
+
+
+def stride_below_window(cfg) -> str | None:
+    if not 0 <= cfg.task.doc_stride < cfg.task.max_length // 2:
+        return f"doc_stride ({cfg.task.doc_stride}) must be below half of max_length ({cfg.task.max_length})."
+    return None
+
+
+def mlm_probability_in_range(cfg) -> str | None:
+    if not 0 < cfg.task.mlm_probability < 1:
+        return f"mlm_probability must be between 0 and 1, got {cfg.task.mlm_probability}."
+    return None
+
+
+def classifier_splits_in_range(cfg) -> str | None:
+    total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
+    if not 0 <= cfg.task.test_split_ratio < 1 or total >= 1:
+        return f"eval_split_ratio + test_split_ratio must stay below 1, got {total}."
+    return None
+
+
+def one_test_source(cfg) -> str | None:
+    if cfg.task.test_dataset_name and cfg.task.test_split_ratio:
+        return "test_dataset_name and test_split_ratio are both set; use one source of test data."
+    return None
+
+
+def weights_or_balanced_sampling(cfg) -> str | None:
+    if cfg.task.class_weights and cfg.task.sampling != "none":
+        return "class_weights and sampling both correct for imbalance; use one of them."
+    return None
+
+
+def freeze_layers_not_negative(cfg) -> str | None:
+    if cfg.task.freeze_layers < 0:
+        return f"freeze_layers must be >= 0, got {cfg.task.freeze_layers}."
     return None
 
 

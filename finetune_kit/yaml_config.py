@@ -76,6 +76,14 @@ def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     return f"unknown config key '{key}' ({where}).{hint}"
 
 
+def dashless_override(arg: str, known) -> str | None:
+    """`lora_r=4` on a command line is a mistaken override (argparse would take it for a stray word)."""
+    key, eq, value = arg.partition("=")
+    if eq and key.isidentifier() and key in known:
+        return f"unexpected argument '{arg}': overrides are written --{key} {value}."
+    return None
+
+
 def config_argument(argv: list[str]) -> str | None:
     """The value of `--config X` / `--config=X` in a recipe's arguments."""
     for i, arg in enumerate(argv):

@@ -127,6 +127,21 @@ def drop_tokenizer(folder) -> None:
             path.unlink()
 
 
+def lora_run_folder(e) -> str:
+    """What an SFT run leaves: the tokenizer and an adapter (config and weights), no full weights."""
+    import shutil
+
+    folder = e["tmp"] / "sft-run"
+    folder.mkdir()
+    for path in Path(e["llama"]).iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(path, folder / path.name)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": e["llama"],
+                                                            "peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return str(folder)
+
+
 def bert_with_three_labels(e) -> str:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -196,7 +211,7 @@ CASES = {
     "unknown config key": (lambda e: sft(e, lora_rnk=4), r"unknown config key 'lora_rnk' .*Did you mean 'lora_r'",
                            False),
     "negative learning rate": (lambda e: sft(e, learning_rate=-1e-3), r"learning_rate must be positive", False),
-    "4-bit and 8-bit together": (lambda e: sft(e, load_in_4bit=True, load_in_8bit=True), r"8 bit and 4 bit", False),
+    "4-bit and 8-bit together": (lambda e: sft(e, load_in_4bit=True, load_in_8bit=True), r"8 bit and 4 bit|load_in_4bit and load_in_8bit are both true", False),
     "value of the wrong type": (lambda e: sft(e, lora_r="eight"), r"lora_r.*eight", False),
     "value not among the choices": (lambda e: sft(e, lr_scheduler_type="sideways"), r"lr_scheduler_type.*sideways",
                                     False),
@@ -305,6 +320,9 @@ CASES = {
         r"--batch_size must be a positive integer, got 0", False),
     "serve on port 70000": (lambda e: ("cli", ["serve", "--model", e["llama"], "--port", "70000"]),
                             r"--port must be in 1-65535 \(got 70000\)", False),
+    "text classification from a LoRA run folder": (
+        lambda e: text_cls(e, model_name_or_path=lora_run_folder(e)),
+        r"sft-run is a LoRA adapter run .*finetune-kit export", False),
     "export onto its source": (lambda e: ("cli", ["export", str(e["out"]), "--out", str(e["out"]), "--overwrite"]),
                                r"--out .*out is the source run", False),
 }

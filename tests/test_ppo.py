@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_recipe, write_config, write_jsonl
+from conftest import PRECISIONS, run_recipe, write_config, write_jsonl
 from finetune_kit.errors import UserError
 from finetune_kit.rl.ppo import (AdaptiveKLController, PolicyWithValue, PPOTrainer, answer_logprobs, compute_gae,
                                  kl_penalised_rewards, policy_loss, value_loss)
@@ -100,7 +100,7 @@ def tiny_policy(tokenizer, seed: int = 0):
     return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
 
 
-def make_trainer(tokenizer, reward, tmp_path, seed=0, **ppo_overrides):
+def make_trainer(tokenizer, reward, tmp_path, seed=0, bf16=False, **ppo_overrides):
     from accelerate import Accelerator
     from transformers import TrainingArguments
 
@@ -114,7 +114,7 @@ def make_trainer(tokenizer, reward, tmp_path, seed=0, **ppo_overrides):
                           **ppo_overrides})
     torch.manual_seed(seed)
     return PPOTrainer(PolicyWithValue(tiny_policy(tokenizer)), tokenizer, prompts, ids, reward, ppo, args,
-                      Accelerator(cpu=True))
+                      Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no"))
 
 
 def test_rollout_log_probs_match_a_fresh_forward_so_the_first_ratio_is_one(tokenizer, tmp_path):
@@ -128,24 +128,82 @@ def test_rollout_log_probs_match_a_fresh_forward_so_the_first_ratio_is_one(token
     assert torch.allclose(r.logprobs, r.ref_logprobs)  # adapters start at zero: policy == reference
 
 
-def test_ppo_raises_a_toy_reward_clearly(tokenizer, tmp_path):
-    """Reward 1 when the answer starts with a target token that the initial policy picks ~1 time in 6."""
+def test_under_bf16_autocast_log_probs_and_values_stay_fp32(tokenizer, tmp_path):
+    """Issue #25: the LM head and the value head run in fp32 under bf16 autocast, so the log-probabilities behind
+    the ratio and the KL carry no bf16 rounding of the logits."""
+    trainer = make_trainer(tokenizer, lambda p, texts: torch.zeros(len(texts)), tmp_path, bf16=True)
+    r = trainer.rollout(trainer.prompts, trainer.prompt_ids, seed=3)
+    with torch.no_grad(), trainer.accelerator.autocast():
+        logits, values = trainer.model(r.input_ids, r.attention_mask)
+        hidden = trainer.unwrapped.policy(input_ids=r.input_ids, attention_mask=r.attention_mask,
+                                          output_hidden_states=True).hidden_states[-1]
+        head = trainer.unwrapped.policy.get_output_embeddings().weight
+        assert torch.nn.functional.linear(hidden, head).dtype == torch.bfloat16  # autocast is on: a plain head's
+    assert logits.dtype == torch.float32 and values.dtype == torch.float32  # matmul would round; ours do not
+    assert torch.allclose(logits, hidden.float() @ head.T, atol=1e-4)
+
+
+def toy_target(tokenizer, tmp_path) -> str:
+    """A first token that the initial tiny policy picks about 1 time in 6."""
     probe = make_trainer(tokenizer, lambda p, texts: torch.zeros(len(texts)), tmp_path)
     firsts = collections.Counter()
     for seed in range(4):
         r = probe.rollout(probe.prompts, probe.prompt_ids, seed=100 + seed)
         firsts.update(r.input_ids[:, r.input_ids.size(1) - r.mask.size(1)].tolist())
-    target_id = min(firsts, key=lambda t: abs(firsts[t] / 32 - 1 / 6))
-    target = tokenizer.decode([target_id])
+    return tokenizer.decode([min(firsts, key=lambda t: abs(firsts[t] / 32 - 1 / 6))])
 
+
+@pytest.mark.parametrize("bf16", PRECISIONS)
+def test_ppo_raises_a_toy_reward_in_either_precision(tokenizer, tmp_path, bf16):
+    target = toy_target(tokenizer, tmp_path)
     trainer = make_trainer(tokenizer, lambda p, texts: torch.tensor([float(t.startswith(target)) for t in texts]),
-                           tmp_path)
-    before = sum(trainer.evaluate(trainer.prompts * 2, trainer.prompt_ids * 2, seed=7)["scores"]) / 16
+                           tmp_path, bf16=bf16)
+    before = trainer.evaluate(trainer.prompts * 2, trainer.prompt_ids * 2, seed=7)["reward_mean"]
     for _ in range(25):
         log = trainer.train_step()
-    after = trainer.evaluate(trainer.prompts * 2, trainer.prompt_ids * 2, seed=7)
-    assert after["reward_mean"] >= before + 0.4, (target, before, after["reward_mean"])
+    after = trainer.evaluate(trainer.prompts * 2, trainer.prompt_ids * 2, seed=7)["reward_mean"]
+    assert after >= before + 0.4, (target, bf16, before, after)
     assert log["kl"] > 0 and torch.isfinite(torch.tensor(log["kl"]))
+
+
+def test_the_kl_early_stop_ends_a_steps_updates(tokenizer, tmp_path):
+    reward = lambda p, texts: torch.tensor([len(t) / 10 for t in texts])  # noqa: E731
+    free = make_trainer(tokenizer, reward, tmp_path, ppo_epochs=4, early_stop_kl=0.0).train_step()
+    assert free["updates"] == free["planned_updates"] == 8
+    stopped = make_trainer(tokenizer, reward, tmp_path, ppo_epochs=4, early_stop_kl=1e-4).train_step()
+    assert 1 <= stopped["updates"] < 8  # the first update runs (no move yet), a later one crosses the threshold
+    assert stopped["approx_kl"] > 0
+
+
+def test_a_forced_collapse_is_caught_and_the_pre_collapse_policy_restored(tokenizer, tmp_path):
+    from finetune_kit.rl.guard import BestPolicy
+
+    target = toy_target(tokenizer, tmp_path)
+    trainer = make_trainer(tokenizer, lambda p, texts: torch.tensor([float(t.startswith(target)) for t in texts]),
+                           tmp_path)
+    guard = BestPolicy(trainer)
+
+    def score():
+        return trainer.evaluate(trainer.prompts * 2, trainer.prompt_ids * 2, seed=11)
+
+    assert guard.offer(0, score()) is None
+    for step in range(1, 26):
+        trainer.train_step()
+        if step % 5 == 0:
+            assert guard.offer(step, score()) is None  # learning: no alarm
+    best = guard.result["reward_mean"]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 3.0  # a learning rate far too large: the policy collapses
+    reasons = []
+    for _ in range(3):
+        trainer.train_step()
+        reasons.append(guard.offer(trainer.step, score()))
+    assert any(reasons), (best, [r for r in reasons])
+    collapsed = score()["reward_mean"]
+    guard.restore()
+    restored = score()
+    assert collapsed < best and restored["reward_mean"] == pytest.approx(best)  # same seed: the best's own answers
+    assert restored["answers"] == guard.result["answers"]
 
 
 def test_resumed_ppo_repeats_the_uninterrupted_steps(tokenizer, tmp_path):
@@ -207,6 +265,27 @@ def test_ppo_recipe_runs_saves_and_reports_before_and_after(ppo_setup):
     from finetune_kit.models import load_for_inference  # the policy loads back as a chat model
     model, _ = load_for_inference(str(out))
     assert type(model.get_base_model()).__name__ == "LlamaForCausalLM"
+
+
+def test_the_saved_policy_is_the_best_scored_step(ppo_setup):
+    """keep_policy: best (the default): the run folder holds the adapter of the step with the highest held-out
+    reward among those scored, and says which (a decision in run_info.json)."""
+    from safetensors.torch import load_file
+
+    tmp_path, base = ppo_setup
+    cfg = {**base, "learning_rate": 0.3, "guard_eval_steps": 1, "save_steps": 1, "max_steps": 4, "kl_ceiling": 0}
+    metrics = run_recipe("ppo", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    guard, out = metrics["guard"], tmp_path / "out"
+    scores = {int(k): v for k, v in guard["held_out_reward_by_step"].items()}
+    assert sorted(scores)[0] == 0 and guard["best_step"] == max(scores, key=lambda k: (scores[k], -k))
+    saved = load_file(out / "adapter_model.safetensors")
+    if guard["best_step"] == 0:  # the starting policy: LoRA's B matrices still zero
+        assert all(not t.any() for k, t in saved.items() if "lora_B" in k)
+    else:
+        kept = load_file(out / f"checkpoint-{guard['best_step']}" / "adapter_model.safetensors")
+        assert all(torch.equal(saved[k], kept[k]) for k in kept)
+    decisions = json.loads((out / "run_info.json").read_text())["decisions"]
+    assert (decisions.get("policy_step", {}).get("value") == guard["best_step"]) == (guard["best_step"] != 4)
 
 
 @pytest.mark.parametrize("function, message", [("broken", "raised KeyError: 'score'"),

@@ -79,6 +79,18 @@ def test_generate_names_the_bad_row(tiny_run, tmp_path, capsys):
     assert code == 2 and "p.jsonl line 2: field 'prompt' must be a non-empty string" in out
 
 
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_weight_loading_bars_are_off_in_a_log_unless_verbose(tiny_model_dir, tmp_path, python, verbose):
+    """Run as from a log file (stderr not a terminal): no weight-loading bar, unless FINETUNE_KIT_VERBOSE=1."""
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say apple"}])
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([str(Path(python).parent / "finetune-kit"), "generate", "--model", str(tiny_model_dir),
+                           "--input", str(src), "--output", str(tmp_path / "a.jsonl"), "--max_new_tokens", "2"],
+                          capture_output=True, text=True, env={**env, "FINETUNE_KIT_VERBOSE": verbose}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("Loading weights" in done.stderr) == (verbose == "1"), done.stderr
+
+
 def test_ctrl_c_stops_the_answer_not_the_session(tmp_path, tokenizer, python):
     model_dir = tiny_llama(tmp_path / "long", tokenizer, max_positions=8192)
     proc = subprocess.Popen(

@@ -6,9 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import Any
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Any
 
 from finetune_kit.data.chat import end_of_turn_is_trained, tokenize_conversation
 from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
@@ -21,8 +19,15 @@ from finetune_kit.data.preference import (
 from finetune_kit.data.readers import read_rows
 from finetune_kit.errors import DataError, UserError
 
+if TYPE_CHECKING:  # `datasets` is imported where a Dataset is built: the preflight reads rows without it
+    from datasets import Dataset
+
 logger = logging.getLogger(__name__)
 Normaliser = Callable[[dict[str, Any], str], dict[str, Any]]
+# Recipe table `rows` kind -> how its rows are validated and normalised (None: the SFT formats, detected).
+ROW_NORMALISERS: dict[str, Normaliser | None] = {"sft": None, "text": partial(normalise, fmt="text"),
+                                                 "pair": normalise_pair, "unpaired": normalise_unpaired,
+                                                 "prompt": normalise_prompt}
 
 __all__ = [
     "end_of_turn_is_trained",
@@ -74,6 +79,8 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
 
     `normaliser(row, where)` validates and reshapes each row; the default handles the SFT formats.
     """
+    from datasets import Dataset
+
     train = Dataset.from_list(load_rows(data_args.dataset_name, data_args, data_args.dataset_train_split, normaliser))
     evaluation = None
     if data_args.eval_dataset_name:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trl.data_utils import extract_prompt
-
 from finetune_kit.data.formats import MESSAGE_ROLES, SHAREGPT_ROLES
 from finetune_kit.errors import DataError
 
@@ -78,6 +76,10 @@ def _explicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _implicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
     """Whole dialogues: the turns both sides share are the prompt, the rest are the answers."""
+    from trl.data_utils import (
+        extract_prompt,  # here: importing trl takes seconds, and few datasets need it
+    )
+
     sides = {side: _dialogue(row[side], where, side) for side in ("chosen", "rejected")}
     pair = extract_prompt(sides)
     if not pair["prompt"]:

@@ -28,13 +28,18 @@ def read_rows(source: str, split: str = "train", config: str | None = None) -> l
         rows = [row for f in files for row in read_file(f)]
     elif path.is_file():
         rows = read_file(path)
-    elif path.suffix in SUFFIXES or source.startswith((".", "/", "~")):
+    elif is_local(source):
         raise DataError(f"dataset file not found: {source}")
     else:
         rows = read_hub(source, split, config)
     if not rows:
         raise DataError(f"{source}: the dataset is empty (no rows).")
     return rows
+
+
+def is_local(source: str) -> bool:
+    """A local file or folder, or a name that can only mean one (a data suffix, a path start): never a hub id."""
+    return Path(source).expanduser().exists() or Path(source).suffix in SUFFIXES or source.startswith((".", "/", "~"))
 
 
 def read_file(path: Path) -> list[Row]:

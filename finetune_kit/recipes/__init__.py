@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_kit import config_checks as cc
 from finetune_kit.errors import ConfigError, UserError
 from finetune_kit.yaml_config import (
     CONFIGS_DIR,
@@ -45,11 +46,21 @@ class Recipe:
     unread: tuple[str, ...] = ()
     # Where only some keys of the training part reach the trainer (our PPO loop): those keys; others are refused.
     training_reads: tuple[str, ...] | None = None
+    # The config checks it runs (finetune_kit.config_checks): in the pre-import preflight and in parse_config alike.
+    checks: tuple = ()
+    # Recipes without a `rows` kind: "module:function" reading and validating every data row of a config (the
+    # function the recipe itself calls first), which the preflight runs before any library loads.
+    data_check: str | None = None
     module: str = ""  # default: finetune_kit.recipes.<name>
 
     def config_type(self) -> type:
         module, _, cls = self.config.partition(":")
         return getattr(importlib.import_module(module), cls)
+
+    def check_data(self, cfg) -> None:
+        if self.data_check:
+            module, _, function = self.data_check.partition(":")
+            getattr(importlib.import_module(module), function)(cfg)
 
     def load(self):
         return importlib.import_module(self.module or f"finetune_kit.recipes.{self.name}")
@@ -72,33 +83,48 @@ _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_be
                  "max_grad_norm", "max_steps", "logging_steps", "save_strategy", "save_steps",
                  "resume_from_checkpoint", "bf16", "fp16", "use_cpu", "trust_remote_code",
                  "report_to")  # accepted as `none` only (config_decoder.ppo_reports_nowhere)
+_COMMON = cc.COMMON_CHECKS
+_PPO_CHECKS = (*_COMMON, cc.has_reward_source, cc.ppo_needs_adapter, cc.ppo_batches_divide, cc.ppo_ranges,
+               cc.ppo_needs_max_steps, cc.ppo_reports_nowhere)
+_CLASSIFIER_CHECKS = (*_COMMON, cc.classifier_splits_in_range, cc.weights_or_balanced_sampling,
+                      cc.freeze_layers_not_negative, cc.one_test_source)
 RECIPES: list[Recipe] = [
     Recipe("sft", "supervised fine-tuning of a causal LM on instruction / chat data (LoRA, QLoRA, DoRA, full)",
-           f"{_DEC}:SFTRecipeConfig", "decoder", rows="sft"),
+           f"{_DEC}:SFTRecipeConfig", "decoder", rows="sft", checks=_COMMON),
     Recipe("pretrain", "continued causal-LM pretraining on plain text (packed blocks)",
-           f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=_SHAPED),
+           f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=_SHAPED, checks=_COMMON),
     Recipe("reward", "a reward model: one-score head on a causal LM, trained on preference pairs",
-           f"{_DEC}:RewardRecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED),
+           f"{_DEC}:RewardRecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
+           checks=(*_COMMON, cc.reward_head_with_lora)),
     Recipe("dpo", "direct preference optimisation on chosen / rejected pairs (trl DPOTrainer)",
-           f"{_DEC}:DPORecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED),
+           f"{_DEC}:DPORecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
+           checks=(*_COMMON, cc.beta_positive)),
     Recipe("kto", "KTO on unpaired desirable / undesirable answers (trl KTOTrainer)",
-           f"{_DEC}:KTORecipeConfig", "decoder", rows="unpaired", sequences_per_example=2, unread=_SHAPED),
+           f"{_DEC}:KTORecipeConfig", "decoder", rows="unpaired", sequences_per_example=2, unread=_SHAPED,
+           checks=(*_COMMON, cc.beta_positive)),
     Recipe("ppo", "PPO with a value head against a reward model or reward functions (our loop)",
-           f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING),
+           f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING,
+           checks=_PPO_CHECKS),
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
-           f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length")),
+           f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
+           checks=(*_COMMON, cc.has_reward_source)),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
-           f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD),
+           f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD, checks=_CLASSIFIER_CHECKS,
+           data_check="finetune_kit.tasks.classification:labelled_examples"),
     Recipe("token_classification", "token classification (NER, tagging) with a BERT-family encoder",
            f"{_TASK}:TokenClassificationConfig", "encoder",
-           unread=(*_ENCODER_UNREAD, "column_mapping", "split_seed")),
+           unread=(*_ENCODER_UNREAD, "column_mapping", "split_seed"), checks=_COMMON,
+           data_check="finetune_kit.tasks.tokens:tagged_rows"),
     Recipe("question_answering", "extractive question answering on SQuAD-format data",
-           f"{_TASK}:QuestionAnsweringConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping")),
+           f"{_TASK}:QuestionAnsweringConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
+           checks=(*_COMMON, cc.stride_below_window), data_check="finetune_kit.tasks.qa:squad_splits"),
     Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
-           f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping")),
+           f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
+           checks=(*_COMMON, cc.mlm_probability_in_range)),
     Recipe("image_classification", "image classification with a ViT (folders or a CSV / JSON of paths)",
            f"{_TASK}:ImageClassificationConfig", "vision",
-           unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path")),
+           unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path"),
+           checks=(*_COMMON, cc.classifier_splits_in_range), data_check="finetune_kit.tasks.images:labelled_images"),
 ]
 
 
@@ -152,6 +178,13 @@ def recipe_named_by(value: str | Path) -> str | None:
     return max((n for n in names() if stem == n or stem.startswith(n + "_")), key=len, default=None)
 
 
+def require_recipe_key(row: Recipe, named, config_path: str) -> None:
+    """A config that names its recipe (`recipe: dpo`) is refused by any other recipe."""
+    if named != row.name:
+        raise ConfigError(f"config file {config_path} is for recipe '{named}' (key '{RECIPE_KEY}'), not '{row.name}': "
+                          f"run `finetune-kit train {named} --config {config_path}`, or change the key.")
+
+
 def choose(explicit: str | None, argv: list[str], default: str | None = None) -> Recipe:
     """The recipe to run: the one named, else the one the config names (`recipe:` key, then file-name prefix).
 
@@ -176,9 +209,10 @@ def choose(explicit: str | None, argv: list[str], default: str | None = None) ->
                     f"the config; recipes: {', '.join(names())}.")
 
 
-# Every key each recipe accepts (all parts) and those of its training part, written by `python -m
-# finetune_kit.recipes` and checked against the config types by a test: unknown and refused keys are named before
-# trl / transformers are imported (~7 s on a small CPU), in well under a second.
+# Every key each recipe accepts: its part, how the command line converts it, its default and choices; and the keys
+# of its training part. Written by `python -m finetune_kit.recipes` from the parser transformers builds for the config
+# type, and checked against it by a test: the preflight (finetune_kit/preflight.py) names unknown, refused and
+# out-of-range keys before trl / transformers are imported (~7 s on a small CPU), in well under a second.
 KEYS_FILE = Path(__file__).resolve().parent / "keys.json"
 
 
@@ -186,27 +220,47 @@ def write_key_index() -> dict:
     import dataclasses
     import json
 
-    from finetune_kit.config import config_parts, known_keys
+    from finetune_kit.config import _parser_for, _plain, config_parts
 
     index = {}
     for row in RECIPES:
         parts = config_parts(row.config_type())
+        part_of = {f.name: part for part, cls in parts.items() for f in dataclasses.fields(cls)}
+        fields = {}
+        for action in _parser_for(row.config_type())._actions:
+            name = action.dest
+            if name not in part_of or name in fields or not action.option_strings[0] == f"--{name}":
+                continue
+            kind = getattr(action.type, "__name__", "")
+            kind = ("bool" if kind == "string_to_bool" else "choice" if action.choices is not None
+                    else kind if kind in ("int", "float", "str") else "raw")
+            fields[name] = [part_of[name], kind, action.nargs == "+", _plain(action.default),
+                            [str(c) for c in action.choices] if action.choices is not None else None]
         training = {f.name for f in dataclasses.fields(parts["training"])} if "training" in parts else set()
-        index[row.name] = {"keys": known_keys(row.config_type()), "training": sorted(training)}
-    KEYS_FILE.write_text(json.dumps(index, indent=0, sort_keys=True) + "\n")
+        index[row.name] = {"fields": dict(sorted(fields.items())), "training": sorted(training)}
+    # One key a line: a changed key is a one-line diff.
+    lines = [f'"{name}": {{"training": {json.dumps(entry["training"])}, "fields": {{\n' + ",\n".join(
+        f"{json.dumps(key)}: {json.dumps(spec)}" for key, spec in entry["fields"].items()) + "}}"
+        for name, entry in sorted(index.items())]
+    KEYS_FILE.write_text("{\n" + ",\n".join(lines) + "\n}\n")
     return index
+
+
+def key_index(row: Recipe) -> dict | None:
+    """The row's entry of keys.json; None for a recipe added since it was written (the full parser answers)."""
+    import json
+
+    return json.loads(KEYS_FILE.read_text()).get(row.name) if KEYS_FILE.is_file() else None
 
 
 def precheck_keys(row: Recipe, argv: list[str]) -> None:
     """Unknown and refused keys, from the YAML and the command line, named before the recipe imports anything."""
-    import json
-
     from finetune_kit.yaml_config import unknown_key_message
 
-    index = json.loads(KEYS_FILE.read_text()).get(row.name) if KEYS_FILE.is_file() else None
-    if index is None:  # a recipe added since the index was written: the full parser answers
+    index = key_index(row)
+    if index is None:
         return
-    known, training = set(index["keys"]), set(index["training"])
+    known, training = set(index["fields"]), set(index["training"])
     for key, where in keys_in(argv):
         plain = key[3:] if key.startswith("no_") and key[3:] in known else key  # argparse's --no_<flag> form
         if plain not in known:
@@ -217,6 +271,15 @@ def precheck_keys(row: Recipe, argv: list[str]) -> None:
 
 def launch(script: str) -> None:
     """Run the recipe a repository launcher (`recipes/<name>.py`) is named after, as `finetune-kit train` does."""
-    from finetune_kit.errors import run_cli
+    import sys
 
-    run_cli(get(Path(script).stem).load().main)
+    from finetune_kit.errors import run_cli
+    from finetune_kit.preflight import preflight
+
+    row = get(Path(script).stem)
+
+    def main(argv: list[str]) -> None:
+        preflight(row, argv)
+        row.load().main(argv)
+
+    run_cli(main, sys.argv[1:])

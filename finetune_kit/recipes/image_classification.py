@@ -38,11 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    rows = img.image_rows(cfg.data.dataset_name, task.image_column, task.label_column)
-    img.check_images(rows)
-    examples = [row for _, row in rows]
-    names = clf.label_names(examples, clf.SINGLE, task.labels, cfg.data.dataset_name)
-    clf.encode_labels(examples, [w for w, _ in rows], clf.SINGLE, names, task.label_column)
+    _, examples, names = img.labelled_images(cfg)  # every image and label, before the model loads
     # Images stay as they are (paths or PIL objects) in a side list; the dataset holds their index.
     images = [e["image"] for e in examples]
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
@@ -54,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.model.model_name_or_path == img.FROM_CONFIG:
         model, processor = img.tiny_vit(names, task.image_size)
     else:
-        source = resolve_checkpoint(cfg.model.model_name_or_path)
+        source = resolve_checkpoint(cfg.model.model_name_or_path, whole=True)
         processor = AutoImageProcessor.from_pretrained(source)
         model = AutoModelForImageClassification.from_pretrained(
             source, num_labels=len(names), id2label=dict(enumerate(names)),

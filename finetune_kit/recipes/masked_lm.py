@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "lower max_length or set line_by_line: true.")
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
-    model = AutoModelForMaskedLM.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
+    model = AutoModelForMaskedLM.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path, whole=True),
                                                  trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:  # the MLM head is tied to the embeddings: adapters on the body only
         model = with_task_adapters(model, cfg.model, None, head=None)

@@ -8,6 +8,8 @@ Prompts come as `prompt` (text or turns), conversations (a final assistant turn 
 KL penalty to the reference (the base with adapters disabled); see finetune_kit/rl/ppo.py. Held-out prompts
 (`eval_split_ratio` / `eval_dataset_name`) are scored before and after: mean reward, its spread, and the KL.
 Checkpoints (save_steps) hold adapter, value head, optimizer and KL state; --resume_from_checkpoint latest resumes.
+Guards (finetune_kit/rl/guard.py): updates on a rollout stop once the policy has moved `early_stop_kl` from it; the
+run stops when its held-out reward clearly falls or its KL passes `kl_ceiling`; `keep_policy: best` saves the best step.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from trl import get_peft_config
 from finetune_kit.config import parse_config
 from finetune_kit.config_decoder import PPORecipeConfig
 from finetune_kit.data import encode_prompt, load_sft_datasets, normalise_prompt
-from finetune_kit.decisions import Decisions
+from finetune_kit.decisions import Decision, Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.models import load_causal_lm, load_tokenizer
+from finetune_kit.rl.guard import BestPolicy, kl_exceeded
 from finetune_kit.rl.ppo import PolicyWithValue, PPOTrainer
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import Replacement, check_output_dir, finish_run
@@ -61,16 +64,40 @@ def main(argv: list[str] | None = None) -> dict:
                               accelerator.is_main_process)
 
     metrics, eval_seed = {}, args.seed + 1_000_003  # the same sampled answers' randomness before and after
+    # The guard scores held-out prompts with other sampled answers than the before / after scoring, so that picking
+    # the best step does not pick the luckiest answers of the reported ones (finetune_kit/rl/guard.py).
+    guard = BestPolicy(trainer) if eval_ids and ppo.guard_eval_steps else None
+    guard_scores, stop = {}, None
+
+    def score_for_guard():
+        result = trainer.evaluate(held_out["prompt"], eval_ids, args.seed + 2_000_003)
+        guard_scores[trainer.step] = round(result["reward_mean"], 4)
+        return guard.offer(trainer.step, result)
+
     with replacement:
         if eval_ids and resume is None:
             metrics["before"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
-        while trainer.step < args.max_steps:
+        if guard:
+            score_for_guard()
+        while trainer.step < args.max_steps and stop is None:
             log = trainer.train_step()
             replacement.first_step_done()
             if accelerator.is_main_process and (trainer.step % args.logging_steps == 0 or trainer.step == 1):
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
             if args.save_strategy == "steps" and trainer.step % args.save_steps == 0 and trainer.step < args.max_steps:
                 trainer.save_checkpoint(args.output_dir)
+            stop = kl_exceeded(log, ppo.kl_ceiling)
+            if stop is None and guard and (trainer.step % ppo.guard_eval_steps == 0 or trainer.step == args.max_steps):
+                stop = score_for_guard()
+        if stop and accelerator.is_main_process:
+            print(f"guard: {stop}: the run stops at step {trainer.step}.")
+    if guard:
+        metrics["guard"] = {"held_out_reward_by_step": guard_scores, "best_step": guard.step, "stopped": stop}
+        if ppo.keep_policy == "best" and guard.step != trainer.step:
+            guard.restore()
+            decisions.add(None, Decision("policy_step", guard.step, f"keep_policy: best: held-out reward "
+                                         f"{guard.result['reward_mean']:.3f} at step {guard.step}, the best of "
+                                         f"steps {sorted(guard_scores)} (the last, {trainer.step}, is not kept)"))
     if eval_ids:
         metrics["after"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
         if accelerator.is_main_process and "before" in metrics:

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    rows = qa.read_squad(cfg.data.dataset_name)
-    if cfg.data.eval_dataset_name:
-        train_rows, eval_rows = rows, qa.read_squad(cfg.data.eval_dataset_name)
+    rows, given_eval = qa.squad_splits(cfg)
+    if given_eval is not None:
+        train_rows, eval_rows = rows, given_eval
     elif cfg.data.eval_split_ratio:
         train_rows, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, cfg.data.seed_for_split(args.seed))
     else:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = train_examples.map(lambda b: qa.train_features(tokenizer, b, **window), batched=True,
                                remove_columns=train_examples.column_names)
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
-    model = AutoModelForQuestionAnswering.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path),
+    model = AutoModelForQuestionAnswering.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path, whole=True),
                                                           trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:
         model = with_task_adapters(model, cfg.model, "QUESTION_ANS", head="qa_outputs")

@@ -25,8 +25,7 @@ from trl import get_peft_config
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TextClassificationConfig
-from finetune_kit.data import cap_train, read_rows
-from finetune_kit.data.formats import apply_column_mapping
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -52,17 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    # Every row is read, validated and labelled before the model loads: the training file, and the validation / test
-    # files when given (their labels must be among the training labels; an error names the file and row).
-    sources = {"train": cfg.data.dataset_name, "validation": cfg.data.eval_dataset_name,
-               "test": task.test_dataset_name}
-    rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(source)]
-            for name, source in sources.items() if source}
-    examples = {name: clf.read_examples(part, task) for name, part in rows.items()}
-    problem = clf.detect_problem_type([e["label"] for e in examples["train"]], task.problem_type)
-    names = clf.label_names(examples["train"], problem, task.labels, cfg.data.dataset_name)
-    for name, part in examples.items():
-        clf.encode_labels(part, [w for w, _ in rows[name]], problem, names, task.label_column)
+    _, examples, problem, names = clf.labelled_examples(cfg)  # every row, before the model loads
     splits = clf.stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
                                    task.test_split_ratio, cfg.data.seed_for_split(args.seed),
                                    stratify=problem == clf.SINGLE)
@@ -85,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), problem_type=problem,
+            resolve_checkpoint(cfg.model.model_name_or_path, whole=True), num_labels=len(names), problem_type=problem,
             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
             ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
     except (RuntimeError, ValueError) as err:

@@ -11,8 +11,6 @@ recall and F1 come from seqeval through a local evaluate module.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from datasets import Dataset
 from transformers import (
     AutoModelForTokenClassification,
@@ -23,7 +21,7 @@ from transformers import (
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TokenClassificationConfig
-from finetune_kit.data import cap_train, read_rows
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -33,25 +31,13 @@ from finetune_kit.tasks import tokens as tok
 from finetune_kit.trainer_setup import prepare_trainer
 
 
-def load_rows(source: str, task) -> list[dict]:
-    path = Path(source)
-    if path.suffix in (".txt", ".conll", ".iob", ".bio") and path.is_file():
-        rows = tok.read_conll(path, task.tag_column_index)
-    else:
-        rows = read_rows(source)
-    return [tok.check_row(where, row, task.tokens_column, task.tags_column) for where, row in rows]
-
-
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(TokenClassificationConfig, argv)
     decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    train_rows = load_rows(cfg.data.dataset_name, task)
-    eval_rows = load_rows(cfg.data.eval_dataset_name, task) if cfg.data.eval_dataset_name else None
-    test_rows = load_rows(task.test_dataset_name, task) if task.test_dataset_name else None
-    names = tok.tag_names(train_rows + (eval_rows or []) + (test_rows or []))
+    train_rows, eval_rows, test_rows, names = tok.tagged_rows(cfg)  # every row, before the model loads
     index = {n: i for i, n in enumerate(names)}
     b_to_i = {index[n]: index["I-" + n[2:]] for n in names if n.startswith("B-") and "I-" + n[2:] in index}
     train = Dataset.from_list(train_rows)
@@ -83,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForTokenClassification.from_pretrained(
-        resolve_checkpoint(cfg.model.model_name_or_path), num_labels=len(names), id2label=dict(enumerate(names)),
+        resolve_checkpoint(cfg.model.model_name_or_path, whole=True), num_labels=len(names), id2label=dict(enumerate(names)),
         label2id=index, ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:
         model = with_task_adapters(model, cfg.model, "TOKEN_CLS", head="classifier")

@@ -104,12 +104,31 @@ class PolicyWithValue(nn.Module):
         self.value_head = nn.Linear(policy.config.get_text_config().hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # start from V = 0: no made-up values before any return is seen
         nn.init.zeros_(self.value_head.bias)
+        _output_layer_in_fp32(policy)
 
     def forward(self, input_ids, attention_mask):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # prompts are left-padded
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           output_hidden_states=True)
-        return out.logits, self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
+        hidden = out.hidden_states[-1]
+        with torch.autocast(hidden.device.type, enabled=False):  # values in fp32, whatever the trunk's dtype
+            return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def _output_layer_in_fp32(policy) -> None:
+    """Log-probabilities, ratios and KL all come from the logits. Under bf16 autocast the LM head's matmul rounds
+    them to bf16 (8 bits of mantissa: ~0.03 nats at a logit of 8), as large as what one PPO update changes, and the
+    rollout's and the update's roundings differ: the ratio is noise, the KL estimate drifts, and a bf16 run of `make
+    rlhf` collapsed (issue #25). The head (a small share of the compute) runs in its weights' dtype (fp32 as the
+    recipe loads them) with autocast off; the trunk keeps the autocast dtype."""
+    head = policy.get_output_embeddings()
+    forward = head.forward
+
+    def forward_in_weight_dtype(hidden, *args, **kwargs):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return forward(hidden.to(head.weight.dtype), *args, **kwargs)
+
+    head.forward = forward_in_weight_dtype
 
 
 def answer_logprobs(logits, input_ids, prompt_len: int, temperature: float):
@@ -233,6 +252,23 @@ class PPOTrainer:
         return {"reward_mean": s.mean().item(), "reward_std": s.std().item() if len(s) > 1 else 0.0,
                 "kl": sum(kls) / len(kls), "scores": scores, "answers": texts}
 
+    def approx_kl(self, logprobs, old_logprobs, mask) -> float:
+        """KL from the rollout policy to the current one per answer token (Schulman's k3: mean of r - 1 - log r),
+        averaged over processes so that all of them stop together."""
+        log_ratio = ((logprobs - old_logprobs) * mask).detach()
+        k3 = masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+        return self.accelerator.reduce(k3, "mean").item()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """The trained parameters (adapters and value head), copied: what the best-policy guard keeps."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, param in self.unwrapped.named_parameters():
+                if name in snapshot:
+                    param.copy_(snapshot[name])
+
     def train_step(self) -> dict[str, float]:
         ppo = self.ppo
         indices = self.batch_indices(self.step)
@@ -247,39 +283,48 @@ class PPOTrainer:
         width = r.input_ids.size(1) - r.mask.size(1)
 
         # The model stays in eval mode: dropout would make the first ratio differ from 1 before any update.
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": [], "entropy": []}
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": [], "entropy": [],
+                                         "approx_kl": []}
         order_gen = torch.Generator().manual_seed(self.args.seed + self.step)
-        for _ in range(ppo.ppo_epochs):
-            for mb in torch.randperm(len(scores), generator=order_gen).split(ppo.mini_batch_size):
-                mb = mb.to(r.mask.device)
-                with self.accelerator.autocast():
-                    logits, values = self.model(r.input_ids[mb], r.attention_mask[mb])
-                    logprobs, entropy = answer_logprobs(logits, r.input_ids[mb], width, ppo.temperature)
-                m = r.mask[mb]
-                pg, clip_frac = policy_loss(logprobs, r.logprobs[mb], advantages[mb], m, ppo.cliprange)
-                vf, _ = value_loss(values[:, width - 1:-1].float(), r.values[mb], returns[mb], m, ppo.cliprange_value)
-                loss = pg + ppo.vf_coef * vf
-                if not torch.isfinite(loss) and self.skip_nonfinite:  # drop this update, count it, go on
-                    self.skipped += 1
-                    continue
-                if not torch.isfinite(loss):
-                    raise UserError(f"PPO step {self.step + 1}: the loss is {loss.item()} (not finite); the last "
-                                    "checkpoint is intact. Lower learning_rate, check the rewards, or set "
-                                    "on_nonfinite: skip.")
-                self.optimizer.zero_grad()
-                self.accelerator.backward(loss)
-                if self.args.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-                self.optimizer.step()
-                for key, value in (("policy_loss", pg), ("value_loss", vf), ("clip_frac", clip_frac),
-                                   ("entropy", masked_mean(entropy, m))):
-                    stats[key].append(value.item())
+        batches = [mb for _ in range(ppo.ppo_epochs)
+                   for mb in torch.randperm(len(scores), generator=order_gen).split(ppo.mini_batch_size)]
+        updates = 0
+        for mb in batches:
+            mb = mb.to(r.mask.device)
+            with self.accelerator.autocast():
+                logits, values = self.model(r.input_ids[mb], r.attention_mask[mb])
+                logprobs, entropy = answer_logprobs(logits, r.input_ids[mb], width, ppo.temperature)
+            m = r.mask[mb]
+            approx_kl = self.approx_kl(logprobs, r.logprobs[mb], m)
+            stats["approx_kl"].append(approx_kl)
+            if ppo.early_stop_kl and approx_kl > ppo.early_stop_kl:
+                break  # the policy has moved as far from its rollouts as one step may: no more updates on them
+            pg, clip_frac = policy_loss(logprobs, r.logprobs[mb], advantages[mb], m, ppo.cliprange)
+            vf, _ = value_loss(values[:, width - 1:-1].float(), r.values[mb], returns[mb], m, ppo.cliprange_value)
+            loss = pg + ppo.vf_coef * vf
+            if not torch.isfinite(loss) and self.skip_nonfinite:  # drop this update, count it, go on
+                self.skipped += 1
+                continue
+            if not torch.isfinite(loss):
+                raise UserError(f"PPO step {self.step + 1}: the loss is {loss.item()} (not finite); the last "
+                                "checkpoint is intact. Lower learning_rate, check the rewards, or set "
+                                "on_nonfinite: skip.")
+            self.optimizer.zero_grad()
+            self.accelerator.backward(loss)
+            if self.args.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            for key, value in (("policy_loss", pg), ("value_loss", vf), ("clip_frac", clip_frac),
+                               ("entropy", masked_mean(entropy, m))):
+                stats[key].append(value.item())
+            updates += 1
         kl_per_answer = self.accelerator.gather(kl.sum(1)).mean().item()
         self.kl_ctl.update(kl_per_answer, len(scores) * self.accelerator.num_processes)
         self.step += 1
         all_scores = self.accelerator.gather(r.scores)
         log = {"step": self.step, "reward_mean": all_scores.mean().item(), "reward_std": all_scores.std().item(),
-               "kl": kl_per_answer, "kl_coef": self.kl_ctl.value, "answer_length": r.mask.sum(1).mean().item(), "nonfinite_skipped": self.skipped,
+               "kl": kl_per_answer, "kl_coef": self.kl_ctl.value, "answer_length": r.mask.sum(1).mean().item(),
+               "nonfinite_skipped": self.skipped, "updates": updates, "planned_updates": len(batches),
                **{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}}
         self.log_history.append(log)
         return log

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from datasets import ClassLabel, Dataset
 
 from finetune_kit.errors import DataError
+
+if TYPE_CHECKING:  # imported where used: reading and labelling rows (the preflight) needs neither
+    import torch
+    from datasets import Dataset
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 
@@ -84,8 +86,32 @@ def encode_labels(examples: list[dict], wheres: list[str], problem: str, names: 
             example["label"] = index[str(value)]
 
 
+def labelled_examples(cfg):
+    """Every row of the training, validation and test files read, validated and labelled, before any model loads:
+    (wheres by split, examples by split, problem type, label names). Labels of the validation / test files must be
+    among the training labels; an error names the file and row. The text_classification recipe and the preflight
+    (recipe table `data_check`) both call it."""
+    from finetune_kit.data.formats import apply_column_mapping
+    from finetune_kit.data.readers import read_rows
+
+    task = cfg.task
+    sources = {"train": cfg.data.dataset_name, "validation": cfg.data.eval_dataset_name,
+               "test": task.test_dataset_name}
+    rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(source)]
+            for name, source in sources.items() if source}
+    examples = {name: read_examples(part, task) for name, part in rows.items()}
+    problem = detect_problem_type([e["label"] for e in examples["train"]], task.problem_type)
+    names = label_names(examples["train"], problem, task.labels, cfg.data.dataset_name)
+    wheres = {name: [w for w, _ in part] for name, part in rows.items()}
+    for name, part in examples.items():
+        encode_labels(part, wheres[name], problem, names, task.label_column)
+    return wheres, examples, problem, names
+
+
 def stratified_splits(dataset: Dataset, eval_ratio: float, test_ratio: float, seed: int, stratify: bool):
     """train / validation / test, each keeping the class ratios when `stratify` (single-label data)."""
+    from datasets import ClassLabel
+
     if stratify:
         dataset = dataset.cast_column("label", ClassLabel(num_classes=max(dataset["label"]) + 1))
     column = "label" if stratify else None
@@ -116,6 +142,8 @@ def resample(dataset: Dataset, how: str, seed: int) -> Dataset:
 
 
 def class_weights(labels: list[int], num_labels: int, spec: list[str] | str) -> torch.Tensor:
+    import torch
+
     """'auto': inverse class frequency, normalised to mean 1 (sklearn's 'balanced'); or one weight per label."""
     spec = [spec] if isinstance(spec, str) else list(spec)
     if spec == ["auto"]:
@@ -134,6 +162,8 @@ def class_weights(labels: list[int], num_labels: int, spec: list[str] | str) -> 
 
 
 def weighted_loss(weights: torch.Tensor):
+    import torch
+
     """A `compute_loss_func` for transformers' Trainer: cross-entropy with per-class weights."""
 
     def loss(outputs, labels, num_items_in_batch=None):

@@ -73,6 +73,20 @@ def check_images(rows: list[tuple[str, dict]]) -> None:
                 raise DataError(f"{where}: cannot read image {row['image']} ({type(err).__name__}: {err}).") from None
 
 
+def labelled_images(cfg):
+    """Every image row read, its file opened and its label checked before any model loads: (wheres, examples with
+    label ids, label names). The image_classification recipe and the preflight (recipe table `data_check`)."""
+    from finetune_kit.tasks import classification as clf
+
+    task = cfg.task
+    rows = image_rows(cfg.data.dataset_name, task.image_column, task.label_column)
+    check_images(rows)
+    examples = [row for _, row in rows]
+    names = clf.label_names(examples, clf.SINGLE, task.labels, cfg.data.dataset_name)
+    clf.encode_labels(examples, [w for w, _ in rows], clf.SINGLE, names, task.label_column)
+    return [w for w, _ in rows], examples, names
+
+
 def load_image(value):
     from PIL import Image
 

@@ -49,6 +49,13 @@ def read_squad(path: str) -> list[dict]:
     return rows
 
 
+def squad_splits(cfg) -> tuple[list[dict], list[dict] | None]:
+    """The training questions and those of eval_dataset_name (None when not given), every one checked: by the
+    question_answering recipe and the preflight (recipe table `data_check`)."""
+    evaluation = read_squad(cfg.data.eval_dataset_name) if cfg.data.eval_dataset_name else None
+    return read_squad(cfg.data.dataset_name), evaluation
+
+
 def _windows(tokenizer, batch, max_length: int, stride: int):
     pad_right = tokenizer.padding_side == "right"
     return tokenizer(batch["question" if pad_right else "context"], batch["context" if pad_right else "question"],

@@ -59,6 +59,27 @@ def check_row(where: str, row: dict, tokens_column: str, tags_column: str) -> di
     return {"tokens": tokens, "tags": tags}
 
 
+def read_tagged(source: str, task) -> list[dict]:
+    """{tokens, tags} rows of a CoNLL-style text file, or of a JSON / JSONL / CSV / parquet file or hub dataset."""
+    from finetune_kit.data.readers import read_rows
+
+    path = Path(source)
+    if path.suffix in (".txt", ".conll", ".iob", ".bio") and path.is_file():
+        rows = read_conll(path, task.tag_column_index)
+    else:
+        rows = read_rows(source)
+    return [check_row(where, row, task.tokens_column, task.tags_column) for where, row in rows]
+
+
+def tagged_rows(cfg):
+    """Training, validation and test rows (None where not given) and the tag set, every row checked before any
+    model loads: by the token_classification recipe and the preflight (recipe table `data_check`)."""
+    train = read_tagged(cfg.data.dataset_name, cfg.task)
+    evaluation = read_tagged(cfg.data.eval_dataset_name, cfg.task) if cfg.data.eval_dataset_name else None
+    test = read_tagged(cfg.task.test_dataset_name, cfg.task) if cfg.task.test_dataset_name else None
+    return train, evaluation, test, tag_names(train + (evaluation or []) + (test or []))
+
+
 def tag_names(rows: list[dict]) -> list[str]:
     """Every tag seen, 'O' first, then entity tags grouped by type (B- before I-)."""
     tags = {t for r in rows for t in r["tags"]}

@@ -1,0 +1,72 @@
+"""The config parts that need no library: where the data is and what to do about the run folder.
+
+Kept apart from finetune_kit.config (which imports transformers and trl) so that `finetune_kit.preflight` can build
+them, and run the same data and folder checks, before those imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+DATASET_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+
+
+@dataclass
+class DataArguments:
+    """Where the data is, what shape it has, and how to split it."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Local file / folder (json, jsonl, csv, tsv, parquet, txt) or hub dataset id."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (hub datasets)."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Separate validation file or hub id; otherwise see eval_split_ratio."}
+    )
+    eval_split_ratio: float = field(
+        default=0.0, metadata={"help": "Fraction of the training rows held out for validation (seeded)."}
+    )
+    dataset_format: str = field(
+        default="auto", metadata={"help": "Row format, detected from the columns when 'auto'.", "choices": DATASET_FORMATS}
+    )
+    column_mapping: dict[str, str] | str | None = field(
+        default=None,
+        metadata={"help": "Mapping from the format's column names to yours, e.g. {instruction: question}."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "Train on the first N training rows, counted after the validation / test split (which it leaves "
+                "unchanged)."})
+    skip_invalid_rows: bool = field(default=False, metadata={
+        "help": "Drop rows that fail validation (counted and shown) instead of stopping at the first one."})
+    split_seed: int | None = field(default=None, metadata={
+        "help": "Seed of the validation / test split (default: seed). tune fixes it, so trials with their own seeds "
+                "are scored on the same held-out rows."})
+
+    def seed_for_split(self, seed: int) -> int:
+        return seed if self.split_seed is None else self.split_seed
+
+    def __post_init__(self):
+        if isinstance(self.column_mapping, str):
+            try:
+                parsed = yaml.safe_load(self.column_mapping)
+            except yaml.YAMLError as err:
+                raise ValueError(f"column_mapping is not a mapping: {err}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"column_mapping must be a mapping such as {{instruction: question}}, got {parsed!r}")
+            self.column_mapping = {str(k): str(v) for k, v in parsed.items()}
+
+
+@dataclass
+class RunArguments:
+    """What to do about an existing output directory and a non-finite gradient; whether to write a report."""
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the contents of a non-empty output_dir (a finished run too)."}
+    )
+    on_nonfinite: str = field(default="stop", metadata={
+        "help": "A NaN / inf gradient: stop the run (the newest checkpoint is the last good state), or skip that "
+                "update and count it.", "choices": ("stop", "skip")})
+    report: bool = field(default=True, metadata={
+        "help": "Write report.html and PNG plots (loss, learning rate, metrics) into the run folder at the end."})
