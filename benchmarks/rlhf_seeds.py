@@ -1,7 +1,7 @@
 """`make rlhf` in both precisions and over seeds: does PPO improve held-out reward and rule-following every time?
 
 For each precision (FINETUNE_KIT_BF16=1: bf16 autocast, whatever the CPU; =0: fp32) the SFT model and the reward
-model are trained once (seed 42, as `make rlhf` does), then PPO runs from them once per seed. Each PPO run is
+model (from the base, as `make rlhf` trains it) are trained once (seed 42), then PPO runs from them once per seed. Each PPO run is
 summarised by `finetune_kit.demo_rlhf report` (held-out mean reward, rule-following and KL, before and after).
 Writes benchmarks/results/rlhf_seeds.json: every run, and the mean and spread over seeds per precision.
 
@@ -43,8 +43,8 @@ def main() -> None:
         sft, reward = f"runs/rlhf-sft-bf16{precision}", f"runs/rlhf-reward-bf16{precision}"
         stages = run([*KIT, "train", "sft", "--config", "sft_rlhf_smollm2", "--output_dir", sft,
                       "--overwrite_output_dir", "true"], env)
-        stages += run([*KIT, "train", "reward", "--config", "reward_lora_smollm2", "--model_name_or_path", sft,
-                       "--output_dir", reward, "--overwrite_output_dir", "true"], env)
+        stages += run([*KIT, "train", "reward", "--config", "reward_lora_smollm2", "--output_dir", reward,
+                       "--overwrite_output_dir", "true"], env)
         for seed in opts.seeds:
             out = f"runs/rlhf-ppo-bf16{precision}-seed{seed}"
             wall = run([*KIT, "train", "ppo", "--config", "ppo_lora_smollm2", "--model_name_or_path", sft,

@@ -196,7 +196,11 @@ class PPOArguments:
     kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty against the reference (start)."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler et al.)."})
     target_kl: float = field(default=6.0, metadata={"help": "Target KL per answer for the adaptive controller."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    # Ziegler et al.'s 10000 suits batches of hundreds of answers over thousands of steps; at 8 answers a step it
+    # moved kl_coef by 0.02% a step (issue #25: the coefficient never reacted). 64: up to 2.5% a step at 8 answers.
+    kl_horizon: int = field(default=64, metadata={
+        "help": "Horizon of the adaptive KL controller, in answers: each step moves kl_coef by at most "
+                "0.2 x answers / kl_horizon."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Normalise scores within each rollout batch."})
     early_stop_kl: float = field(default=0.02, metadata={
         "help": "Stop a step's remaining updates once the policy's KL from its own rollouts (per answer token, k3 "

@@ -127,6 +127,18 @@ def _require_hub_or_cache(hub_id: str) -> None:
                     "model_name_or_path at a local folder.")
 
 
+def has_chat_template(folder: Path) -> bool:
+    """Whether a local tokenizer folder carries a chat template where transformers looks when it loads one
+    (chat_template.jinja / .json, additional_chat_templates/, or tokenizer_config.json's `chat_template`)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file() or \
+            any((folder / "additional_chat_templates").glob("*.jinja")):
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable here: the tokenizer's own load answers
+
+
 def require_tokenizer_files(name: str, resolved: str) -> None:
     folder = Path(resolved)
     if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):

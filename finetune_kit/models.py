@@ -169,11 +169,16 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
         if quant is not None:
             raise UserError(f"{model_args.model_name_or_path} is a LoRA adapter; to quantize it, merge it first "
                             f"(finetune-kit export --model {model_args.model_name_or_path} --out merged).")
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
         base = _load(auto_class, dataclasses.replace(model_args, model_name_or_path=adapter["base_model_name_or_path"]),
                      trust_remote_code, **kwargs)
-        return PeftModel.from_pretrained(base, resolved).merge_and_unload()
+        config = PeftConfig.from_pretrained(resolved)
+        if config.task_type == "CAUSAL_LM" and not base.can_generate():
+            # An SFT adapter under a new head (a reward model started from the SFT run, as in InstructGPT): peft's
+            # causal-LM wrapper needs a generating model; the plain wrapper merges the trunk's LoRA weights alike.
+            config.task_type = None
+        return PeftModel.from_pretrained(base, resolved, config=config).merge_and_unload()
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     require_weights(model_args.model_name_or_path, resolved)
     if model_args.use_peft:  # before the weights: a target that matches nothing would train nothing

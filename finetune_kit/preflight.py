@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from finetune_kit import recipes
-from finetune_kit.errors import ConfigError
+from finetune_kit.errors import ConfigError, UserError
 from finetune_kit.yaml_config import (
     RECIPE_KEY,
     TUNE_KEY,
@@ -160,10 +160,11 @@ def preflight(row: recipes.Recipe, argv: list[str]) -> None:
 
 def _files(row: recipes.Recipe, cfg) -> None:
     """The output folder; every data row of local files; for the decoder stages, the model and tokenizer folders."""
-    from finetune_kit.data import ROW_NORMALISERS, load_rows
+    from finetune_kit.data import NO_CHAT_TEMPLATE, ROW_NORMALISERS, load_rows
     from finetune_kit.data.readers import is_local
     from finetune_kit.model_files import (
         EMBEDDED,
+        has_chat_template,
         require_full_checkpoint,
         require_model_reference,
         require_tokenizer_files,
@@ -196,6 +197,12 @@ def _files(row: recipes.Recipe, cfg) -> None:
         require_tokenizer_files(tokenizer, tokenizer)
     if data.skip_invalid_rows:
         return  # the recipe counts and reports what it skips
+    conversations = False
     for source, split in ((data.dataset_name, data.dataset_train_split), (data.eval_dataset_name, "validation")):
         if source and is_local(source):
-            load_rows(source, data, split, ROW_NORMALISERS[row.rows])
+            rows = load_rows(source, data, split, ROW_NORMALISERS[row.rows])
+            conversations = conversations or "messages" in rows[0]
+    folder = Path(tokenizer).expanduser() if tokenizer and tokenizer not in EMBEDDED else None
+    if row.rows == "sft" and conversations and not getattr(training, "chat_template_path", None) and \
+            folder is not None and folder.is_dir() and not has_chat_template(folder):
+        raise UserError(NO_CHAT_TEMPLATE)  # what tokenize_sft_dataset says once the tokenizer has loaded

@@ -108,3 +108,20 @@ def test_a_replacement_killed_before_its_first_step_is_undone_by_the_next_comman
     assert aside.is_dir() and checksums(aside) == before  # nothing lost: the old run waits beside the folder
     check_output_dir(str(finished), overwrite=True, resume_from_checkpoint=None)  # what train and check call first
     assert checksums(finished) == before and not aside.exists()
+
+
+def test_an_immutable_finished_run_is_refused_untouched(tmp_path, tiny_model_dir, finished):
+    """chattr +i: even root cannot write there; the run is refused before anything loads, the folder unchanged."""
+    import subprocess
+
+    from finetune_kit.errors import UserError
+
+    if subprocess.run(["chattr", "+i", str(finished)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here (needs CAP_LINUX_IMMUTABLE)")
+    try:
+        before = checksums(finished)
+        with pytest.raises(UserError, match=r"is not a writable folder"):
+            run_recipe("sft", config(tmp_path, tiny_model_dir, finished))
+        assert checksums(finished) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(finished)], check=True)

@@ -69,6 +69,13 @@ def test_adaptive_kl_controller_moves_towards_the_target():
     assert ctl.value == pytest.approx(0.102)
     ctl.update(current_kl=3.0, n_answers=10)  # error -0.5 clipped to -0.2
     assert ctl.value == pytest.approx(0.102 * 0.98)
+    from finetune_kit.config_decoder import PPOArguments
+
+    defaults = PPOArguments()  # issue #25: with the default horizon the coefficient reacts within a short run
+    reacting = AdaptiveKLController(0.05, target=defaults.target_kl, horizon=defaults.kl_horizon)
+    for _ in range(10):
+        reacting.update(current_kl=2 * defaults.target_kl, n_answers=8)
+    assert reacting.value > 0.05 * 1.2
     fixed = AdaptiveKLController(0.1, target=None, horizon=100)
     fixed.update(50.0, 10)
     assert fixed.value == 0.1

@@ -115,6 +115,20 @@ def tiny_reward_run(tmp_path_factory, tiny_model_dir):
     return tmp / "rm", metrics
 
 
+def test_a_reward_model_can_start_from_an_sft_adapter_run(tmp_path, tiny_run):
+    """InstructGPT's order: the reward model starts from the SFT model. The SFT run's LoRA weights are merged into
+    the trunk under the new score head (was: an AttributeError from peft's causal-LM wrapper)."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    cfg = {"model_name_or_path": str(tiny_run), "dataset_name": str(data), "output_dir": str(tmp_path / "rm"),
+           "use_peft": True, "lora_r": 4, "learning_rate": 3e-2, "max_steps": 2, "per_device_train_batch_size": 8,
+           "report_to": "none", "disable_tqdm": True}
+    run_recipe("reward", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    saved = load_file(tmp_path / "rm" / "adapter_model.safetensors")
+    assert any("score" in k for k in saved) and any("lora_B" in k and t.any() for k, t in saved.items())
+
+
 def test_reward_model_learns_the_preference_and_scores_through_text(tiny_reward_run):
     from finetune_kit.rl.rewards import RewardSources
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import write_config
 from finetune_kit import recipes
 from finetune_kit.config import parse_config
-from finetune_kit.errors import ConfigError
+from finetune_kit.errors import ConfigError, UserError
 from finetune_kit.preflight import config_problems, preflight
 
 # Values each check refuses, tried on every recipe that has the key: the preflight and parse_config must give the
@@ -123,3 +123,58 @@ def test_the_preflight_imports_no_heavy_library(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "d.jsonl line 2: not valid JSON" in done.stdout, done.stdout
     assert "loaded: []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("recipe,rows,message", [
+    ("text_classification", [{"text": "a", "label": "pos"}, {"text": "b", "label": "pos"}],
+     r"d\.jsonl: every row has the label 'pos'; a classifier needs at least two classes"),
+    ("token_classification", [{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl line 1: 2 tokens but 1 tags"),
+    ("dpo", [{"prompt": "p", "chosen": "x", "rejected": "x"}], r"d\.jsonl line 1: 'chosen' and 'rejected' are identical"),
+])
+def test_data_rows_are_checked_by_the_recipes_own_readers(recipe, rows, message, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = write_config(tmp_path / "c.yaml", {"dataset_name": str(data), "output_dir": str(tmp_path / "o"),
+                                                "model_name_or_path": "minilm-l6"})
+    with pytest.raises(UserError, match=message):
+        preflight(recipes.get(recipe), ["--config", config])
+
+
+def test_a_lora_run_folder_is_refused_where_a_whole_checkpoint_is_needed(tmp_path):
+    run = tmp_path / "sft-run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    config = write_config(tmp_path / "c.yaml", {"dataset_name": str(data), "output_dir": str(tmp_path / "o"),
+                                                "model_name_or_path": str(run)})
+    with pytest.raises(UserError, match=r"sft-run is a LoRA adapter run .*finetune-kit export"):
+        preflight(recipes.get("text_classification"), ["--config", config])
+
+
+def test_the_chat_template_file_check_agrees_with_the_tokenizer(tmp_path, smollm_dir):
+    """The preflight's look at the files says what AutoTokenizer then finds: a template in chat_template.jinja, one
+    in tokenizer_config.json, none at all."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from finetune_kit.model_files import has_chat_template
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smollm_dir / name).is_file():
+            shutil.copy(smollm_dir / name, folder / name)
+    template = (folder / "chat_template.jinja").read_text()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    seen = []
+    for state in ("jinja file", "none", "in tokenizer_config.json"):
+        if state == "none":
+            (folder / "chat_template.jinja").unlink()
+        if state == "in tokenizer_config.json":
+            (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+        seen.append((has_chat_template(folder), bool(AutoTokenizer.from_pretrained(folder).chat_template)))
+    assert seen == [(True, True), (False, False), (True, True)]

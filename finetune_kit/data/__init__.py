@@ -95,6 +95,9 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
     return train, evaluation
 
 
+NO_CHAT_TEMPLATE = ("the tokenizer has no chat template, so conversations cannot be rendered. Use an instruct "
+                    "checkpoint, set chat_template_path to a .jinja file, or use prompt/completion or text data.")
+
 # Rows from which rendering chat templates in several processes pays for starting them (benchmarks/tokenize_procs.py).
 PARALLEL_TOKENIZE_ROWS = 20_000
 
@@ -108,10 +111,7 @@ def tokenize_sft_dataset(dataset: Dataset, tokenizer, num_proc: int | None = Non
     if "messages" not in dataset.column_names:
         return dataset
     if not tokenizer.chat_template:
-        raise UserError(
-            "the tokenizer has no chat template, so conversations cannot be rendered. Use an instruct checkpoint, "
-            "set chat_template_path to a .jinja file, or use prompt/completion or text data."
-        )
+        raise UserError(NO_CHAT_TEMPLATE)
     if num_proc is None and len(dataset) >= PARALLEL_TOKENIZE_ROWS:
         num_proc = min(os.cpu_count() or 1, 8)
     return dataset.map(

@@ -76,11 +76,10 @@ def _explicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _implicit_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
     """Whole dialogues: the turns both sides share are the prompt, the rest are the answers."""
-    from trl.data_utils import (
-        extract_prompt,  # here: importing trl takes seconds, and few datasets need it
-    )
-
     sides = {side: _dialogue(row[side], where, side) for side in ("chosen", "rejected")}
+    # Imported here, after the rows' own checks: importing trl takes seconds, and few datasets need it.
+    from trl.data_utils import extract_prompt
+
     pair = extract_prompt(sides)
     if not pair["prompt"]:
         raise DataError(f"{where}: 'chosen' and 'rejected' share no opening turns, so there is no prompt; "
