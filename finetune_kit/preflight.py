@@ -190,11 +190,11 @@ def _files(row: recipes.Recipe, cfg) -> None:
     model = cfg.model
     if model.model_name_or_path and model.model_name_or_path not in EMBEDDED:
         require_model_reference(model.model_name_or_path)
-        require_weights(model.model_name_or_path, model.model_name_or_path)
+        require_weights(model.model_name_or_path, str(Path(model.model_name_or_path).expanduser()))
     tokenizer = model.tokenizer_name_or_path or model.model_name_or_path
     if tokenizer and tokenizer not in EMBEDDED:
         require_model_reference(tokenizer)
-        require_tokenizer_files(tokenizer, tokenizer)
+        require_tokenizer_files(tokenizer, str(Path(tokenizer).expanduser()))
     if data.skip_invalid_rows:
         return  # the recipe counts and reports what it skips
     conversations = False

@@ -74,7 +74,8 @@ def test_preflight_and_parse_config_agree_on_every_mutation(row, name, tmp_path)
 def test_values_convert_as_the_parser_converts(tmp_path):
     row = recipes.get("sft")
     config = write_config(tmp_path / "c.yaml", {"dataset_name": "d.jsonl", "output_dir": "o", "lora_r": "8",
-                                                "use_peft": "yes", "report_to": "none"})
+                                                "use_peft": "yes", "report_to": "none",
+                                                "column_mapping": {"instruction": "q", "output": "a"}})
     cfg, problems = config_problems(row, ["--config", config, "--learning_rate", "3e-4", "--no_remove_unused_columns",
                                           "--gradient_checkpointing", "--lora_target_modules", "q_proj", "v_proj",
                                           "--eval_strategy=no"])
@@ -82,6 +83,7 @@ def test_values_convert_as_the_parser_converts(tmp_path):
     assert cfg.model.lora_r == 8 and cfg.model.use_peft is True and cfg.training.learning_rate == 3e-4
     assert cfg.training.remove_unused_columns is False and cfg.training.gradient_checkpointing is True
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.training.eval_strategy == "no"
+    assert cfg.data.column_mapping == {"instruction": "q", "output": "a"}  # a mapping stays one
     full = parse_config(row.config_type(), ["--config", config, "--learning_rate", "3e-4"])
     assert (full.model.lora_r, full.model.use_peft, full.training.learning_rate) == (8, True, 3e-4)
 

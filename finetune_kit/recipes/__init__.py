@@ -220,11 +220,11 @@ def write_key_index() -> dict:
     import dataclasses
     import json
 
-    from finetune_kit.config import _parser_for, _plain, config_parts
+    from finetune_kit.config import _parser_for, _plain, config_parts, mapping_keys
 
     index = {}
     for row in RECIPES:
-        parts = config_parts(row.config_type())
+        parts, mappings = config_parts(row.config_type()), mapping_keys(row.config_type())
         part_of = {f.name: part for part, cls in parts.items() for f in dataclasses.fields(cls)}
         fields = {}
         for action in _parser_for(row.config_type())._actions:
@@ -232,8 +232,8 @@ def write_key_index() -> dict:
             if name not in part_of or name in fields or not action.option_strings[0] == f"--{name}":
                 continue
             kind = getattr(action.type, "__name__", "")
-            kind = ("bool" if kind == "string_to_bool" else "choice" if action.choices is not None
-                    else kind if kind in ("int", "float", "str") else "raw")
+            kind = ("raw" if name in mappings else "bool" if kind == "string_to_bool" else "choice"
+                    if action.choices is not None else kind if kind in ("int", "float", "str") else "raw")
             fields[name] = [part_of[name], kind, action.nargs == "+", _plain(action.default),
                             [str(c) for c in action.choices] if action.choices is not None else None]
         training = {f.name for f in dataclasses.fields(parts["training"])} if "training" in parts else set()
