@@ -32,6 +32,7 @@ from finetune_kit.yaml_config import (
     TUNE_KEY,
     dashless_override,
     given_keys,
+    null_message,
     read_yaml_config,
     unknown_key_message,
 )
@@ -145,6 +146,14 @@ def mapping_keys(config_type: type) -> set[str]:
             for name, hint in typing.get_type_hints(part).items() if "dict" in str(hint)}
 
 
+def non_nullable_keys(config_type: type) -> set[str]:
+    """Keys whose type does not admit None (`learning_rate: float`): a YAML null there is a mistake to name, not a
+    value to pass on (it ended in a TypeError inside transformers, or silently in a library default)."""
+    return {name for part in config_parts(config_type).values()
+            for name, hint in typing.get_type_hints(part).items()
+            if type(None) not in typing.get_args(hint) and hint is not Any}
+
+
 def _yaml_value_to_args(key: str, value: Any) -> list[str]:
     if isinstance(value, bool):
         return [f"--{key}", str(value).lower()]
@@ -211,7 +220,7 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
     nulls: dict[str, Any] = {}
     raw = read_yaml_config(config_path) if config_path is not None else {}
     if config_path is not None:
-        nested_ok = mapping_keys(config_type)
+        nested_ok, not_nullable = mapping_keys(config_type), non_nullable_keys(config_type)
         for key, value in raw.items():
             if key == TUNE_KEY:
                 continue  # the search space of `finetune-kit tune` (finetune_kit/tune.py); training ignores it
@@ -224,6 +233,8 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
                 raise ConfigError(f"{config_path}: key '{key}' holds a mapping, but it takes a single value.")
             if isinstance(value, list) and len(value) > 1 and not _takes_a_list(parser, key):
                 raise ConfigError(f"{config_path}: key '{key}' holds a list ({value}), but it takes a single value.")
+            if value is None and key in not_nullable:
+                raise ConfigError(null_message(str(key), f"config file {config_path}"))
             if value is None or value == []:
                 nulls[key] = None if value is None else []
             else:

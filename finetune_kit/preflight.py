@@ -24,6 +24,7 @@ from finetune_kit.yaml_config import (
     TUNE_KEY,
     config_argument,
     dashless_override,
+    null_message,
     read_yaml_config,
 )
 
@@ -45,7 +46,7 @@ _CONVERT = {"int": int, "float": float, "str": str, "bool": _bool}
 
 
 def _one(key: str, value: Any, spec: list, where: str) -> Any:
-    _, kind, _, _, choices = spec
+    _, kind, _, _, choices, _ = spec
     if kind == "raw":
         return value
     if isinstance(value, (dict, list)):
@@ -64,6 +65,8 @@ def _one(key: str, value: Any, spec: list, where: str) -> Any:
 
 
 def _convert(key: str, value: Any, spec: list, where: str) -> Any:
+    if value is None and not spec[5] and where != "command line":
+        raise ConfigError(null_message(key, where))
     if value is None or (value == [] and spec[2]):
         return value
     if spec[2]:  # nargs "+": one value or a list of them

@@ -84,6 +84,10 @@ def dashless_override(arg: str, known) -> str | None:
     return None
 
 
+def null_message(key: str, where: str) -> str:
+    return f"config key '{key}' ({where}) is null, but it takes a value; give one, or remove the line for the default."
+
+
 def config_argument(argv: list[str]) -> str | None:
     """The value of `--config X` / `--config=X` in a recipe's arguments."""
     for i, arg in enumerate(argv):

@@ -265,6 +265,12 @@ CASES = {
     "lora alpha -16": (lambda e: sft(e, lora_alpha=-16), r"lora_alpha must be positive, got -16", False),
     "zero epochs": (lambda e: sft(e, max_steps=-1, num_train_epochs=0), r"num_train_epochs is 0.* train nothing", False),
     "max_length 0": (lambda e: sft(e, max_length=0), r"max_length must be a positive number of tokens, got 0", False),
+    "learning rate null": (lambda e: sft(e, learning_rate=None),
+                           r"config key 'learning_rate' \(config file .*\) is null, but it takes a value", False),
+    "lora rank null": (lambda e: sft(e, lora_r=None), r"config key 'lora_r' \(config file .*\) is null", False),
+    "a held-out ratio that leaves no training row": (
+        lambda e: text_cls(e, eval_split_ratio=0.9),
+        r"cls\.jsonl: eval_split_ratio 0\.9 cannot split its 5 rows .*lower the ratio or add rows", False),
     "dpo beta -1": (lambda e: pairs(e, beta=-1), r"beta must be positive, got -1", False),
     "kto beta 0": (lambda e: pairs(e, "kto", rows=[{"prompt": "p", "completion": "c", "label": True}], beta=0),
                    r"beta must be positive, got 0", False),

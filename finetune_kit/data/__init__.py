@@ -68,6 +68,16 @@ def load_rows(source: str, data_args, split: str = "train", normaliser: Normalis
     return kept
 
 
+def split(dataset: Dataset, ratio: float, seed: int, where: str, what: str = "eval_split_ratio", **kwargs):
+    """datasets' train_test_split, its refusals (a side left empty, a class too small to stratify) named as data
+    errors: the file, the ratio, the row count and what to change."""
+    try:
+        return dataset.train_test_split(test_size=ratio, seed=seed, **kwargs)
+    except ValueError as err:
+        raise DataError(f"{where}: {what} {ratio:g} cannot split its {len(dataset)} rows ({str(err).splitlines()[0]}); "
+                        "lower the ratio or add rows.") from None
+
+
 def cap_train(train: Dataset, max_train_samples: int | None) -> Dataset:
     """The first `max_train_samples` training rows. Every recipe caps after its validation / test split, so the
     held-out rows are the same whatever the cap."""
@@ -88,9 +98,8 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
     elif data_args.eval_split_ratio:
         if len(train) < 2:
             raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")
-        split = train.train_test_split(test_size=data_args.eval_split_ratio,
-                                       seed=data_args.seed_for_split(seed))
-        train, evaluation = split["train"], split["test"]
+        parts = split(train, data_args.eval_split_ratio, data_args.seed_for_split(seed), data_args.dataset_name)
+        train, evaluation = parts["train"], parts["test"]
     train = cap_train(train, data_args.max_train_samples)
     return train, evaluation
 

@@ -220,11 +220,12 @@ def write_key_index() -> dict:
     import dataclasses
     import json
 
-    from finetune_kit.config import _parser_for, _plain, config_parts, mapping_keys
+    from finetune_kit.config import _parser_for, _plain, config_parts, mapping_keys, non_nullable_keys
 
     index = {}
     for row in RECIPES:
         parts, mappings = config_parts(row.config_type()), mapping_keys(row.config_type())
+        required = non_nullable_keys(row.config_type())
         part_of = {f.name: part for part, cls in parts.items() for f in dataclasses.fields(cls)}
         fields = {}
         for action in _parser_for(row.config_type())._actions:
@@ -235,7 +236,8 @@ def write_key_index() -> dict:
             kind = ("raw" if name in mappings else "bool" if kind == "string_to_bool" else "choice"
                     if action.choices is not None else kind if kind in ("int", "float", "str") else "raw")
             fields[name] = [part_of[name], kind, action.nargs == "+", _plain(action.default),
-                            [str(c) for c in action.choices] if action.choices is not None else None]
+                            [str(c) for c in action.choices] if action.choices is not None else None,
+                            name not in required]  # nullable
         training = {f.name for f in dataclasses.fields(parts["training"])} if "training" in parts else set()
         index[row.name] = {"fields": dict(sorted(fields.items())), "training": sorted(training)}
     # One key a line: a changed key is a one-line diff.

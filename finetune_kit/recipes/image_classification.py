@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = [e["image"] for e in examples]
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
     splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio,
-                                   cfg.data.seed_for_split(args.seed), stratify=True)
+                                   cfg.data.seed_for_split(args.seed), stratify=True, source=cfg.data.dataset_name)
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume

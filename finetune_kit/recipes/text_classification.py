@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     _, examples, problem, names = clf.labelled_examples(cfg)  # every row, before the model loads
     splits = clf.stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
                                    task.test_split_ratio, cfg.data.seed_for_split(args.seed),
-                                   stratify=problem == clf.SINGLE)
+                                   stratify=problem == clf.SINGLE, source=cfg.data.dataset_name)
     splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
     if task.sampling in ("oversample", "undersample"):

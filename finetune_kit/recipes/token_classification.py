@@ -21,7 +21,7 @@ from transformers import (
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TokenClassificationConfig
-from finetune_kit.data import cap_train
+from finetune_kit.data import cap_train, split
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     if eval_rows is not None:
         evaluation = Dataset.from_list(eval_rows)
     elif cfg.data.eval_split_ratio:
-        parts = train.train_test_split(test_size=cfg.data.eval_split_ratio, seed=args.seed)
+        parts = split(train, cfg.data.eval_split_ratio, args.seed, cfg.data.dataset_name)
         train, evaluation = parts["train"], parts["test"]
     else:
         evaluation = None
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForTokenClassification.from_pretrained(
-        resolve_checkpoint(cfg.model.model_name_or_path, whole=True), num_labels=len(names), id2label=dict(enumerate(names)),
+        resolve_checkpoint(cfg.model.model_name_or_path, whole=True), num_labels=len(names),
+        id2label=dict(enumerate(names)),
         label2id=index, ignore_mismatched_sizes=task.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code)
     if cfg.model.use_peft:
         model = with_task_adapters(model, cfg.model, "TOKEN_CLS", head="classifier")

@@ -108,9 +108,12 @@ def labelled_examples(cfg):
     return wheres, examples, problem, names
 
 
-def stratified_splits(dataset: Dataset, eval_ratio: float, test_ratio: float, seed: int, stratify: bool):
+def stratified_splits(dataset: Dataset, eval_ratio: float, test_ratio: float, seed: int, stratify: bool,
+                      source: str = "the data"):
     """train / validation / test, each keeping the class ratios when `stratify` (single-label data)."""
     from datasets import ClassLabel
+
+    from finetune_kit.data import split
 
     if stratify:
         dataset = dataset.cast_column("label", ClassLabel(num_classes=max(dataset["label"]) + 1))
@@ -119,7 +122,8 @@ def stratified_splits(dataset: Dataset, eval_ratio: float, test_ratio: float, se
     for name, ratio in (("test", test_ratio), ("validation", eval_ratio)):
         if ratio:
             total = ratio * len(dataset) / len(splits["train"])  # ratios are of the whole dataset
-            parts = splits["train"].train_test_split(test_size=total, seed=seed, stratify_by_column=column)
+            parts = split(splits["train"], total, seed, source, f"{'test' if name == 'test' else 'eval'}_split_ratio",
+                          stratify_by_column=column)
             splits["train"], splits[name] = parts["train"], parts["test"]
     return splits
 
