@@ -1,6 +1,6 @@
 """The checks that need no library, run before trl / transformers / torch are imported (~7 s on a small CPU).
 
-`finetune-kit train`, `check` and `tune` call `preflight(row, argv)` after choosing the recipe: a mistyped or
+`finetune-kit train` and `check` (and the repo launchers) call `preflight(row, argv)` after choosing the recipe: a mistyped or
 out-of-range value, a finished run in the output folder, a model path that does not exist, a broken data row is
 named in well under 2 s instead of after the imports. Every check here is the function the recipe runs again on
 the typed config (config_checks via the recipe table, runs.check_output_dir, model_files, the data normalisers),
@@ -147,9 +147,9 @@ def config_problems(row: recipes.Recipe, argv: list[str]):
         recipes.require_recipe_key(row, named, config)
     try:
         cfg = config_view(index["fields"], user_values(index["fields"], argv))
-    except _Unsure:
+        return cfg, [message for check in row.checks if (message := check(cfg))]
+    except (_Unsure, TypeError, AttributeError):  # a value shape the checks do not expect: the full parser decides
         return None, []
-    return cfg, [message for check in row.checks if (message := check(cfg))]
 
 
 def preflight(row: recipes.Recipe, argv: list[str]) -> None:
