@@ -54,19 +54,23 @@ class Recipe:
     module: str = ""  # default: finetune_kit.recipes.<name>
 
     def config_type(self) -> type:
-        module, _, cls = self.config.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return _named(self.config)
 
     def check_data(self, cfg) -> None:
         if self.data_check:
-            module, _, function = self.data_check.partition(":")
-            getattr(importlib.import_module(module), function)(cfg)
+            _named(self.data_check)(cfg)
 
     def load(self):
         return importlib.import_module(self.module or f"finetune_kit.recipes.{self.name}")
 
     def shipped_configs(self) -> list[str]:
         return configs_by_recipe().get(self.name, [])
+
+
+def _named(spec: str):
+    """The object a "module:name" string of the table names, imported when used."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _DEC, _TASK = "finetune_kit.config_decoder", "finetune_kit.config_tasks"
