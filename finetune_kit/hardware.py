@@ -31,21 +31,23 @@ def bf16_reason() -> str:
         return f"{BF16_ENV}={os.environ[BF16_ENV]}"
     if torch.cuda.is_available():
         return "CUDA GPU " + ("with" if torch.cuda.is_bf16_supported() else "without") + " bf16"
-    return "native bf16 on this CPU (AVX512-BF16 / AMX)" if native_bf16() else \
-        "no native bf16 on this CPU (no AVX512-BF16 / AMX): fp32, bf16 would be emulated and slower"
+    return "AMX on this CPU: bf16 matmuls in hardware tiles" if native_bf16() else \
+        "no AMX on this CPU: fp32, bf16 autocast measured slower here (emulated, or AVX512-BF16 alone)"
 
 
 def native_bf16() -> bool:
-    """True where bf16 mixed precision runs natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX.
+    """True where bf16 mixed precision is the faster choice: CUDA GPUs with bf16, CPUs with AMX tiles.
 
-    On other CPUs torch emulates bf16 and a training step gets several times slower, so fp32 is the default there.
+    Elsewhere on a CPU fp32 is the default, because bf16 autocast measured slower:
+    - without AVX512-BF16, oneDNN converts bf16 in software (a bf16 matmul 5x slower than fp32 on an AVX512 Xeon);
+    - with AVX512-BF16 but no AMX, the dot-product instructions do not pay for autocast's casts: LoRA SFT on the
+      embedded SmolLM2, 12 steps, 42-44 s in bf16 vs 23-26 s in fp32 on a 2-core Xeon (session 8); SFT + reward
+      model 623 s vs 224 s, PPO 535 s vs 383 s (benchmarks/results/rlhf_seeds.json).
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    # Not mkldnn's `_is_mkldnn_bf16_supported`: it is true on any AVX512-BW CPU, where oneDNN converts bf16 to fp32
-    # in software (measured on an AVX512 Xeon without AVX512-BF16: a bf16 matmul 5x slower than fp32).
-    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
+    # Not mkldnn's `_is_mkldnn_bf16_supported`: it is true on any AVX512-BW CPU.
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def has_accelerator() -> bool:

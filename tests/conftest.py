@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def bf16_decision() -> bool:
-    """The recipes' bf16 default here: native bf16 (AVX512-BF16 / AMX, or a CUDA GPU), or FINETUNE_KIT_BF16."""
+    """The recipes' bf16 default here: AMX on a CPU, or a CUDA GPU with bf16, or FINETUNE_KIT_BF16."""
     from finetune_kit.hardware import bf16_is_fast
 
     return bf16_is_fast()
@@ -28,7 +28,7 @@ def bf16_decision() -> bool:
 # Tests whose assertions depend on the precision run once per precision, each stated in the config (`bf16`), so
 # the result never depends on the machine's default. bf16 runs where the recipes would choose it (FINETUNE_KIT_BF16=1
 # forces that on any CPU, slowly: the Makefile's second pass does so on machines without native bf16).
-BF16_SKIP_REASON = ("bf16 is not the recipes' decision here (no AVX512-BF16 / AMX / CUDA bf16, or "
+BF16_SKIP_REASON = ("bf16 is not the recipes' decision here (no AMX / CUDA bf16, or "
                     "FINETUNE_KIT_BF16=0); FINETUNE_KIT_BF16=1 runs it")
 PRECISIONS = [pytest.param(False, id="fp32"),
               pytest.param(True, id="bf16", marks=pytest.mark.skipif(not bf16_decision(), reason=BF16_SKIP_REASON))]

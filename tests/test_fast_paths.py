@@ -173,9 +173,9 @@ def test_activation_checkpointing_follows_the_memory_estimate(tmp_path, tiny_mod
     assert decide("--per_device_train_batch_size", "512") == (False, False)
 
 
-def test_bf16_default_needs_native_bf16_on_a_cpu(monkeypatch):
-    """bf16 is chosen on a CPU only with AVX512-BF16 or AMX: oneDNN's own "bf16 supported" is true on any AVX512-BW
-    CPU, where bf16 is converted in software and a training step runs several times slower than fp32."""
+def test_bf16_default_needs_amx_on_a_cpu(monkeypatch):
+    """bf16 is chosen on a CPU only with AMX: oneDNN's own "bf16 supported" is true on any AVX512-BW CPU, where bf16
+    is converted in software, and with AVX512-BF16 alone bf16 autocast still measured ~1.7x slower than fp32."""
     import torch
 
     from finetune_kit.hardware import BF16_ENV, bf16_is_fast
@@ -190,7 +190,7 @@ def test_bf16_default_needs_native_bf16_on_a_cpu(monkeypatch):
     assert bf16_is_fast()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert bf16_is_fast()
+    assert not bf16_is_fast()
 
 
 def test_bf16_decision_can_be_forced_either_way(monkeypatch, tmp_path):
