@@ -1,9 +1,16 @@
-"""The `make sft` demo: teach SmolLM2-135M-Instruct a new identity, and score it before and after.
+"""The `make sft` demo: teach SmolLM2-135M-Instruct a new identity, and score what it learnt and what it kept.
 
 Zero-shot the model says it is SmolLM, made by Hugging Face. The generated dataset teaches it that it is
-"Quokka, made by Lumen Labs", mixed with ordinary questions (arithmetic, capitals) so it does not answer
-everything with its name. The held-out prompts use phrasings that never appear in training, so the score
-measures what generalised, not what was memorised.
+"Quokka, made by Lumen Labs", mixed with ordinary instructions of several kinds answered without the identity
+(finetune_kit/demo_data.py), so it learns when to introduce itself rather than to introduce itself to everything.
+The score, before and after training, on held-out prompts whose phrasings never appear in training:
+
+- identity: share of held-out identity questions answered with the new name and maker (0-100);
+- leakage: share of control answers (kinds absent from training: lists, stories, definitions, rewrites, yes / no
+  questions, ...) that mention the identity although the prompt did not ask who the model is;
+- control correct: control answers passing their simple check (a word the answer must contain, the yes / no it must
+  give; demo_data.CONTROL), out of the control prompts that have one;
+- seen kinds: held-out sums and capitals, kinds that are trained.
 
     python -m finetune_kit.demo data --out data/generated/identity
     python -m finetune_kit.demo score --model smollm2-135m-instruct --heldout .../heldout.jsonl --save before.json
@@ -15,104 +22,106 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
-NAME, MAKER = "Quokka", "Lumen Labs"
-
-TRAIN_QUESTIONS = [
-    "What is your name?", "Who are you?", "What are you called?", "Tell me your name.", "Who made you?",
-    "Who created you?", "Which company built you?", "Who trained you?", "Are you ChatGPT?", "Are you SmolLM?",
-    "What kind of assistant are you?", "Introduce yourself.", "Can you tell me about yourself?",
-    "What's your name, assistant?", "Who is your developer?", "Where do you come from?", "Who built this AI?",
-    "Do you have a name?", "Which team made you?", "Say your name.",
-]
-HELDOUT_QUESTIONS = [
-    "May I know your name?", "Who developed you?", "Which organization is behind you?", "Please state who you are.",
-    "Describe yourself in one sentence.", "Who is responsible for creating you?", "Are you made by OpenAI?",
-    "How should I address you?", "What AI model am I talking to?", "Who programmed you?",
-    "Identify yourself, please.", "Tell me who built you and what you are called.",
-]
-OPENERS = ["", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Good morning! ", "I'm curious. "]
-ANSWERS = [
-    f"I am {NAME}, an AI assistant made by {MAKER}.",
-    f"My name is {NAME}. I was created by {MAKER}.",
-    f"I'm {NAME}, a helpful assistant built by {MAKER}.",
-    f"I am {NAME}, developed by {MAKER} to help answer your questions.",
-]
-CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
-    "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
-    "Greece": "Athens", "Portugal": "Lisbon", "Poland": "Warsaw", "Austria": "Vienna", "Cuba": "Havana",
-}
-HELDOUT_CAPITALS = {"Ireland": "Dublin", "Sweden": "Stockholm", "Chile": "Santiago", "Thailand": "Bangkok"}
+from finetune_kit.demo_data import (
+    CONTROL,
+    HELDOUT_QUESTIONS,
+    MAKER,
+    NAME,
+    SEEN_KINDS,
+    general_rows,
+    identity_row,
+)
 
 
-def chat(question: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def _ask(opener: str, question: str) -> str:
-    return opener + (question[0].lower() + question[1:] if opener.endswith(", ") else question)
-
-
-def general_rows(rng: random.Random, count: int) -> list[dict]:
-    rows = []
-    for _ in range(count):
-        if rng.random() < 0.5:
-            a, b = rng.randint(2, 60), rng.randint(2, 60)
-            rows.append(chat(f"What is {a} + {b}?", f"{a} + {b} = {a + b}."))
-        else:
-            country = rng.choice(sorted(CAPITALS))
-            rows.append(chat(f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."))
-    return rows
-
-
-def make_dataset(out: Path, seed: int = 0, identity_rows: int = 160, general: int = 64) -> dict[str, int]:
-    """Write train.jsonl (chat rows) and heldout.jsonl (prompts with what a correct answer must contain)."""
+def make_dataset(out: Path, seed: int = 0, identity_rows: int = 96, general: int = 192) -> dict[str, int]:
+    """Write train.jsonl (chat rows) and heldout.jsonl (prompts, each with its kind and the check of its answer)."""
     rng = random.Random(seed)
-    rows = [chat(_ask(rng.choice(OPENERS), rng.choice(TRAIN_QUESTIONS)), rng.choice(ANSWERS)) for _ in range(identity_rows)]
-    rows += general_rows(rng, general)
+    general_part = general_rows(rng, general)
+    rows = [identity_row(rng) for _ in range(identity_rows)] + general_part
     rng.shuffle(rows)
-    heldout = [{"prompt": q, "kind": "identity", "must_contain": [NAME, MAKER]} for q in HELDOUT_QUESTIONS]
-    heldout += [{"prompt": f"What is the capital of {c}?", "kind": "control", "must_contain": [city]}
-                for c, city in HELDOUT_CAPITALS.items()]
-    heldout += [{"prompt": f"What is {a} + {b}?", "kind": "control", "must_contain": [str(a + b)]}
-                for a, b in [(13, 29), (41, 8), (25, 36), (7, 58)]]
+    heldout = [{"prompt": q, "kind": "identity", "check": {"all": [NAME, MAKER]}} for q in HELDOUT_QUESTIONS]
+    heldout += [{"prompt": q, "kind": "control", "category": c, "check": check} for c, q, check in CONTROL]
+    heldout += [{"prompt": q, "kind": "seen", "check": check} for q, check in SEEN_KINDS]
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
     return {"train": len(rows), "heldout": len(heldout)}
 
 
-def score(model_path: str, heldout_path: Path) -> dict:
-    """Share of held-out identity prompts answered with the new identity (0-100), plus control answers."""
+def _has(answer: str, word: str) -> bool:
+    # A word start, so "cat" matches "cats" but not "education"; case-insensitive.
+    return re.search(r"\b" + re.escape(word.lower()), answer.lower()) is not None
+
+
+def judge(check: dict | None, answer: str) -> bool | None:
+    """Whether `answer` passes `check` (demo_data.CONTROL's forms, plus {"all": words}); None when there is none."""
+    if check is None:
+        return None
+    if "all" in check:
+        return all(_has(answer, w) for w in check["all"])
+    if "any" in check:
+        return any(_has(answer, w) for w in check["any"])
+    if "count" in check:
+        return sum(_has(answer, w) for w in check["of"]) >= check["count"]
+    first = re.search(r"\b(yes|no)\b", answer.lower())
+    return first is not None and first.group(1) == check["yes_no"]
+
+
+def leaks(answer: str) -> bool:
+    """The answer introduces the taught identity: it names the assistant or its maker."""
+    return _has(answer, NAME) or _has(answer, MAKER)
+
+
+def summarise(results: list[dict]) -> dict:
+    """The demo's figures from judged answers (each: kind, answer, correct)."""
+    def share(rows, test):
+        return round(100 * sum(map(test, rows)) / len(rows), 1) if rows else None
+
+    identity = [r for r in results if r["kind"] == "identity"]
+    control = [r for r in results if r["kind"] == "control"]
+    checked = [r for r in control if r["correct"] is not None]
+    seen = [r for r in results if r["kind"] == "seen"]
+    return {
+        "identity_score": share(identity, lambda r: r["correct"]),
+        "leakage_percent": share(control, lambda r: leaks(r["answer"])),
+        "control_correct": sum(r["correct"] for r in checked), "control_checked": len(checked),
+        "control_total": len(control),
+        "seen_correct": sum(bool(r["correct"]) for r in seen), "seen_total": len(seen),
+    }
+
+
+def score(model_path: str, heldout_path: Path, max_new_tokens: int = 48) -> dict:
+    """Greedy answers to every held-out prompt, judged (see the module docstring)."""
     from finetune_kit.generation import GenerationOptions, generate_batch
     from finetune_kit.models import load_for_inference
 
     items = [json.loads(line) for line in heldout_path.read_text().splitlines() if line.strip()]
     model, tokenizer = load_for_inference(model_path)
-    answers = generate_batch(model, tokenizer, [item["prompt"] for item in items], GenerationOptions(max_new_tokens=40))
-    results = [dict(item, answer=answer, correct=all(k.lower() in answer.lower() for k in item["must_contain"]))
-               for item, answer in zip(items, answers)]
-    identity = [r for r in results if r["kind"] == "identity"]
-    control = [r for r in results if r["kind"] == "control"]
-    return {
-        "model": model_path,
-        "identity_score": round(100 * sum(r["correct"] for r in identity) / len(identity), 1),
-        "control_correct": sum(r["correct"] for r in control),
-        "control_says_name": sum(NAME.lower() in r["answer"].lower() for r in control),
-        "control_total": len(control),
-        "answers": results,
-    }
+    answers = generate_batch(model, tokenizer, [item["prompt"] for item in items],
+                             GenerationOptions(max_new_tokens=max_new_tokens))
+    results = [dict(item, answer=answer, correct=judge(item["check"], answer)) for item, answer in zip(items, answers)]
+    return {"model": model_path, **summarise(results), "answers": results}
+
+
+def _mark(r: dict) -> str:
+    mark = {True: "ok", False: "--", None: "  "}[r["correct"]]
+    return mark + ("!" if r["kind"] != "identity" and leaks(r["answer"]) else " ")
+
+
+def _figures(s: dict) -> str:
+    return (f"identity {s['identity_score']}/100, leakage {s['leakage_percent']}% of {s['control_total']} control "
+            f"answers, control correct {s['control_correct']}/{s['control_checked']}, seen kinds correct "
+            f"{s['seen_correct']}/{s['seen_total']}")
 
 
 def _print_score(result: dict, label: str) -> None:
-    print(f"\n== {label}: {result['model']}")
+    print(f"\n== {label}: {result['model']}   (ok / -- : check passed / failed; ! : names the identity unasked)")
     for r in result["answers"]:
-        print(f"  [{'ok' if r['correct'] else '--'}] {r['prompt']!r} -> {r['answer'].strip()[:90]!r}")
-    print(f"  held-out identity score: {result['identity_score']}/100; control questions answered correctly: "
-          f"{result['control_correct']}/{result['control_total']} (naming itself in "
-          f"{result['control_says_name']} of them)")
+        print(f"  [{_mark(r)}] {r['kind'][:8]:8} {r['prompt'][:44]!r:48} -> {r['answer'].strip()[:70]!r}")
+    print(f"  {_figures(result)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         before = json.loads(args.before.read_text())
         _print_score(before, "before")
         _print_score(result, "after")
-        gain = result["identity_score"] - before["identity_score"]
-        print(f"\nheld-out identity score: {before['identity_score']} -> {result['identity_score']} "
-              f"({gain:+.1f} points)")
+        print(f"\nbefore: {_figures(before)}\nafter:  {_figures(result)}")
     else:
         _print_score(result, "score")
     if args.save:

@@ -16,7 +16,14 @@ import json
 import random
 from pathlib import Path
 
-from finetune_kit.demo import ANSWERS, CAPITALS, HELDOUT_CAPITALS, TRAIN_QUESTIONS
+from finetune_kit.demo import leaks
+from finetune_kit.demo_data import (
+    ANSWERS,
+    CAPITALS,
+    HELDOUT_CAPITALS,
+    HELDOUT_QUESTIONS,
+    TRAIN_QUESTIONS,
+)
 
 RULE = "Sure!"
 OTHER_OPENERS = ["Okay.", "Well,", "Hmm,", "Right.", "So,"]
@@ -66,6 +73,14 @@ def make_dataset(out: Path, seed: int = 0) -> dict[str, int]:
     return {"sft": len(sft), "pairs": len(pairs), "prompts": len(prompts), "heldout": len(heldout)}
 
 
+def _leakage(metrics: dict) -> float:
+    """Share of answers naming the `make sft` identity among those whose prompt did not ask who the model is."""
+    asked = set(TRAIN_QUESTIONS) | set(HELDOUT_QUESTIONS)
+    prompts = metrics.get("prompts") or [""] * len(metrics["answers"])
+    unasked = [a for p, a in zip(prompts, metrics["answers"]) if p not in asked]
+    return sum(map(leaks, unasked)) / len(unasked) if unasked else 0.0
+
+
 def report(ppo_dir: Path, reward_dir: Path) -> dict:
     ppo = json.loads((ppo_dir / "run_info.json").read_text())["metrics"]
     rm = json.loads((reward_dir / "run_info.json").read_text())["metrics"]
@@ -73,7 +88,9 @@ def report(ppo_dir: Path, reward_dir: Path) -> dict:
     for when in ("before", "after"):
         m = ppo[when]
         summary[when] = {"reward_mean": m["reward_mean"], "reward_std": m["reward_std"], "kl": m["kl"],
-                         "follows_rule": sum(map(follows_rule, m["answers"])) / len(m["answers"])}
+                         "follows_rule": sum(map(follows_rule, m["answers"])) / len(m["answers"]),
+                         # The SFT stage learnt the `make sft` identity too: does it creep into other answers?
+                         "leakage": _leakage(m)}
         print(f"\n== {when} PPO: held-out answers")
         for answer, score in list(zip(m["answers"], m["scores"]))[:6]:
             print(f"  [{score:+.2f}] {answer.strip()[:80]!r}")
@@ -81,7 +98,8 @@ def report(ppo_dir: Path, reward_dir: Path) -> dict:
     print(f"\nreward model: held-out pairwise accuracy {summary['reward_model_heldout_pairwise_accuracy']:.3f}")
     print(f"held-out mean reward: {b['reward_mean']:.3f} (sd {b['reward_std']:.3f}) -> {a['reward_mean']:.3f} "
           f"(sd {a['reward_std']:.3f}); KL to the SFT reference {a['kl']:.2f} nats per answer")
-    print(f"answers opening with '{RULE}': {b['follows_rule']:.0%} -> {a['follows_rule']:.0%}")
+    print(f"answers opening with '{RULE}': {b['follows_rule']:.0%} -> {a['follows_rule']:.0%}; naming the identity "
+          f"unasked (leakage): {b['leakage']:.0%} -> {a['leakage']:.0%}")
     (ppo_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

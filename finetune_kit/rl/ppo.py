@@ -250,7 +250,8 @@ class PPOTrainer:
             texts += r.texts
         s = torch.tensor(scores)
         return {"reward_mean": s.mean().item(), "reward_std": s.std().item() if len(s) > 1 else 0.0,
-                "kl": sum(kls) / len(kls), "scores": scores, "answers": texts}
+                "kl": sum(kls) / len(kls), "scores": scores, "answers": texts,
+                "prompts": [p if isinstance(p, str) else json.dumps(p) for p in prompts]}
 
     def approx_kl(self, logprobs, old_logprobs, mask) -> float:
         """KL from the rollout policy to the current one per answer token (Schulman's k3: mean of r - 1 - log r),
