@@ -329,6 +329,18 @@ def _predict(args) -> None:
         print("\n".join(lines))
 
 
+def _run_null_threshold(model: str) -> float:
+    """The null threshold a question_answering run chose or was given (its config.yaml), else 0.0."""
+    import yaml
+
+    config = Path(model) / "config.yaml"
+    try:
+        value = (yaml.safe_load(config.read_text()) or {}).get("null_score_threshold") if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        value = None
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _predict_answers(args) -> None:
     from finetune_kit.models import load_for_inference
     from finetune_kit.predict import answer
@@ -337,7 +349,7 @@ def _predict_answers(args) -> None:
         raise UserError("predict: give one --context for all questions, or one per --question.")
     contexts = args.context * len(args.question) if len(args.context) == 1 else args.context
     model, tokenizer = load_for_inference(args.model, merge=True)
-    for result in answer(model, tokenizer, args.question, contexts):
+    for result in answer(model, tokenizer, args.question, contexts, null_score_threshold=_run_null_threshold(args.model)):
         print(json.dumps(result))
 
 

@@ -207,6 +207,13 @@ def stride_below_window(cfg) -> str | None:
     return None
 
 
+def null_calibration_in_range(cfg) -> str | None:
+    if not 0 <= cfg.task.null_calibration_ratio < 1:
+        return (f"null_calibration_ratio must be in [0, 1), got {cfg.task.null_calibration_ratio} (0: no paragraphs "
+                "held out; the threshold is then 0.0 unless null_score_threshold is set).")
+    return None
+
+
 def mlm_probability_in_range(cfg) -> str | None:
     if not 0 < cfg.task.mlm_probability < 1:
         return f"mlm_probability must be between 0 and 1, got {cfg.task.mlm_probability}."

@@ -134,8 +134,12 @@ class QuestionAnsweringArguments:
     doc_stride: int = field(default=128, metadata={"help": "Overlap between windows of a long context."})
     n_best_size: int = field(default=20, metadata={"help": "Start / end candidates considered per window."})
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer span, in tokens."})
-    null_score_threshold: float = field(default=0.0, metadata={
-        "help": "v2: answer '' when the null score beats the best span by more than this."})
+    null_score_threshold: float | None = field(default=None, metadata={
+        "help": "v2: answer '' when the null score beats the best span by more than this. Unset: chosen after "
+                "training for the best F1 on null_calibration_ratio of the training paragraphs, held out of training "
+                "(0.0, transformers' run_qa default, when there is nothing to choose on)."})
+    null_calibration_ratio: float = field(default=0.1, metadata={
+        "help": "v2 with null_score_threshold unset: share of the training paragraphs held out to choose it."})
     version_2_with_negative: bool = field(default=False, metadata={
         "help": "Allow '' answers (SQuAD v2); on automatically when the data has unanswerable questions."})
 

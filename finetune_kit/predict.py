@@ -57,7 +57,7 @@ def tag(model, tokenizer, texts: list[str]) -> list[dict]:
 
 
 def answer(model, tokenizer, questions: list[str], contexts: list[str], max_length: int = 384,
-           stride: int = 128) -> list[dict]:
+           stride: int = 128, null_score_threshold: float = 0.0) -> list[dict]:
     """The answer span for each question in its context ('' when the null answer wins, SQuAD v2 style), with the
     same windowing and span post-processing as training (transformers 5 dropped its QA pipeline)."""
     from finetune_kit.tasks import qa
@@ -70,5 +70,6 @@ def answer(model, tokenizer, questions: list[str], contexts: list[str], max_leng
     inputs = {k: torch.tensor(features[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
     with torch.no_grad():
         output = model(**inputs)
-    answers = qa.best_answers(examples, features, output.start_logits.numpy(), output.end_logits.numpy())
+    answers = qa.best_answers(examples, features, output.start_logits.numpy(), output.end_logits.numpy(),
+                              null_score_threshold=null_score_threshold)
     return [{"question": e["question"], "answer": answers[e["id"]]} for e in examples]

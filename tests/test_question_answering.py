@@ -95,7 +95,13 @@ def test_tiny_run_trains_and_scores_a_held_out_article(tmp_path, tiny_bert_dir, 
     assert 0 <= metrics["eval_f1"] <= 100 and metrics["eval_total"] > 100
     predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
     assert len(predictions) == metrics["eval_total"]
-    from finetune_kit.cli import main
+    assert 0 <= metrics["eval_HasAns_f1_spans_only"] <= 100
+    # The null threshold was chosen on training paragraphs held out of training, recorded, and used by predict.
+    decision = json.loads((tmp_path / "run" / "run_info.json").read_text())["decisions"]["null_score_threshold"]
+    assert "held out of training" in decision["why"]
+    from finetune_kit.cli import _run_null_threshold, main
+
+    assert _run_null_threshold(str(tmp_path / "run")) == decision["value"]
 
     capsys.readouterr()
     context = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy."
@@ -103,3 +109,48 @@ def test_tiny_run_trains_and_scores_a_held_out_article(tmp_path, tiny_bert_dir, 
           "--context", context])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["answer"] == "" or result["answer"] in context  # an extracted span, never invented text
+
+
+def test_answer_start_alignment_across_stride_windows(tiny_bert_dir):
+    """A worked example: the answer sits where two windows overlap, and next to a window's end. Every window that
+    holds the whole answer labels exactly its tokens; a window that cuts it labels [CLS]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    context = " ".join(f"w{i}" for i in range(40)) + " the capital is New Delhi today " + \
+        " ".join(f"v{i}" for i in range(40))
+    start = context.index("New Delhi")
+    batch = {"question": ["Capital?"], "context": [context],
+             "answers": [{"text": ["New Delhi"], "answer_start": [start]}]}
+    for max_length, stride in ((48, 16), (64, 24), (40, 12)):
+        features = qa.train_features(tokenizer, batch, max_length=max_length, stride=stride)
+        windows = tokenizer(batch["question"], batch["context"], truncation="only_second", max_length=max_length,
+                            stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+        holding = 0
+        for i, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"])):
+            context_offsets = [o for o, seq in zip(windows["offset_mapping"][i], windows.sequence_ids(i)) if seq == 1]
+            whole = context_offsets[0][0] <= start and context_offsets[-1][1] >= start + len("New Delhi")
+            if whole:
+                holding += 1
+                assert tokenizer.decode(features["input_ids"][i][s:e + 1]) == "new delhi", (max_length, i)
+            else:
+                assert s == e == 0, (max_length, i)  # [CLS]: the answer is not (wholly) in this window
+        assert holding >= 1 and len(features["input_ids"]) >= 3
+
+
+def test_null_threshold_is_the_best_cut_on_held_out_questions():
+    from finetune_kit.metrics.squad_v2.squad_v2 import f1
+
+    examples = [{"id": i, "answers": {"text": gold}} for i, gold in
+                [("a", ["Paris"]), ("b", ["Rome"]), ("c", []), ("d", []), ("e", ["Oslo"])]]
+    # (best span, null score minus span score): answerable questions have low margins except "e".
+    spans = {"a": ("Paris", -3.0), "b": ("Rome", -1.0), "c": ("Lyon", 0.5), "d": ("Bern", 2.0), "e": ("Oslo", 4.0)}
+    threshold, best = qa.choose_null_threshold(examples, spans, f1)
+    # Answering a and b, nulling c and d is 4 / 5; also answering e (threshold above 4) loses c and d: 3 / 5.
+    assert -1.0 < threshold < 0.5 and best == pytest.approx(80.0)
+    answers = qa.answers_at(spans, threshold)
+    assert answers == {"a": "Paris", "b": "Rome", "c": "", "d": "", "e": ""}
+    # All unanswerable: the threshold lies below every margin, so every answer is "".
+    nothing = [{"id": i, "answers": {"text": []}} for i in spans]
+    threshold, best = qa.choose_null_threshold(nothing, spans, f1)
+    assert set(qa.answers_at(spans, threshold).values()) == {""} and best == 100.0

@@ -121,7 +121,7 @@ RECIPES: list[Recipe] = [
            data_check="finetune_kit.tasks.tokens:tagged_rows"),
     Recipe("question_answering", "extractive question answering on SQuAD-format data",
            f"{_TASK}:QuestionAnsweringConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
-           checks=(*_COMMON, cc.stride_below_window), data_check="finetune_kit.tasks.qa:squad_splits"),
+           checks=(*_COMMON, cc.stride_below_window, cc.null_calibration_in_range), data_check="finetune_kit.tasks.qa:squad_splits"),
     Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
            f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
            checks=(*_COMMON, cc.mlm_probability_in_range)),

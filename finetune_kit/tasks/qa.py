@@ -56,15 +56,17 @@ def squad_splits(cfg) -> tuple[list[dict], list[dict] | None]:
     return read_squad(cfg.data.dataset_name), evaluation
 
 
-def _windows(tokenizer, batch, max_length: int, stride: int):
+def _windows(tokenizer, batch, max_length: int, stride: int, padding: str | bool = "max_length"):
     pad_right = tokenizer.padding_side == "right"
     return tokenizer(batch["question" if pad_right else "context"], batch["context" if pad_right else "question"],
                      truncation="only_second" if pad_right else "only_first", max_length=max_length, stride=stride,
-                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+                     return_overflowing_tokens=True, return_offsets_mapping=True, padding=padding)
 
 
-def train_features(tokenizer, batch, max_length: int, stride: int) -> dict:
-    enc = _windows(tokenizer, batch, max_length, stride)
+def train_features(tokenizer, batch, max_length: int, stride: int, padding: str | bool = "max_length") -> dict:
+    """Windows labelled with the answer's first / last token, or [CLS] where the window lacks the whole answer.
+    `padding=False` leaves padding to the batch collator (shorter batches; labels are positions, unaffected)."""
+    enc = _windows(tokenizer, batch, max_length, stride, padding)
     sample_map = enc.pop("overflow_to_sample_mapping")
     starts, ends = [], []
     for i, offsets in enumerate(enc.pop("offset_mapping")):
@@ -99,13 +101,14 @@ def eval_features(tokenizer, batch, max_length: int, stride: int) -> dict:
     return enc
 
 
-def best_answers(examples, features, start_logits, end_logits, n_best: int = 20, max_answer_length: int = 30,
-                 null_score_threshold: float | None = 0.0) -> dict[str, str]:
-    """The answer text per example id. With a threshold (v2), "" when null score - best span score > threshold."""
+def best_spans(examples, features, start_logits, end_logits, n_best: int = 20,
+               max_answer_length: int = 30) -> dict[str, tuple[str, float]]:
+    """Per example id: the best span's text over all its windows, and its margin against the null answer (null score
+    minus the span's score: positive when the model prefers "no answer")."""
     by_example: dict[str, list[int]] = {}
     for i, example_id in enumerate(features["example_id"]):
         by_example.setdefault(example_id, []).append(i)
-    answers = {}
+    spans = {}
     for example in examples:
         best_text, best_score, null_score = "", -np.inf, np.inf
         for f in by_example.get(example["id"], []):
@@ -118,7 +121,42 @@ def best_answers(examples, features, start_logits, end_logits, n_best: int = 20,
                     score = starts[s] + ends[e]
                     if score > best_score:
                         best_score, best_text = score, example["context"][offsets[s][0]:offsets[e][1]]
-        if null_score_threshold is not None and null_score - best_score > null_score_threshold:
-            best_text = ""
-        answers[example["id"]] = best_text
-    return answers
+        spans[example["id"]] = (best_text, float(null_score - best_score))
+    return spans
+
+
+def answers_at(spans: dict[str, tuple[str, float]], null_score_threshold: float | None) -> dict[str, str]:
+    """The answer text per example id: "" where the null margin passes the threshold (v2; None: always a span)."""
+    return {i: "" if null_score_threshold is not None and margin > null_score_threshold else text
+            for i, (text, margin) in spans.items()}
+
+
+def best_answers(examples, features, start_logits, end_logits, n_best: int = 20, max_answer_length: int = 30,
+                 null_score_threshold: float | None = 0.0) -> dict[str, str]:
+    """The answer text per example id. With a threshold (v2), "" when null score - best span score > threshold."""
+    spans = best_spans(examples, features, start_logits, end_logits, n_best, max_answer_length)
+    return answers_at(spans, null_score_threshold)
+
+
+def choose_null_threshold(examples, spans: dict[str, tuple[str, float]], f1) -> tuple[float, float]:
+    """The null threshold with the best mean F1 on `examples` (questions the model did not train on), and that F1.
+
+    Answering "" scores 1 on an unanswerable question and 0 on an answerable one; answering the span scores its F1
+    (`f1(prediction, gold)`, best over the golds). Sweeping the threshold over the sorted margins finds the best cut
+    exactly, as the official SQuAD v2 script's best_f1_thresh does.
+    """
+    if not examples:
+        raise ValueError("choose_null_threshold needs at least one question")
+    golds = {e["id"]: e["answers"]["text"] for e in examples}
+    span_f1 = {i: max((f1(spans[i][0], g) for g in golds[i]), default=0.0) if golds[i] else 0.0 for i in golds}
+    null_f1 = {i: 0.0 if golds[i] else 1.0 for i in golds}
+    order = sorted(golds, key=lambda i: spans[i][1])
+    # Threshold below every margin: all answered null; raising it past margin k answers question k with its span.
+    total = sum(null_f1.values())
+    best_total, best_threshold = total, spans[order[0]][1] - 1.0
+    for k, i in enumerate(order):
+        total += span_f1[i] - null_f1[i]
+        following = spans[order[k + 1]][1] if k + 1 < len(order) else spans[i][1] + 1.0
+        if total > best_total:
+            best_total, best_threshold = total, (spans[i][1] + following) / 2
+    return float(best_threshold), 100 * best_total / len(order)
