@@ -39,8 +39,7 @@ from finetune_kit.demo_data import (
 def make_dataset(out: Path, seed: int = 0, identity_rows: int = 96, general: int = 192) -> dict[str, int]:
     """Write train.jsonl (chat rows) and heldout.jsonl (prompts, each with its kind and the check of its answer)."""
     rng = random.Random(seed)
-    general_part = general_rows(rng, general)
-    rows = [identity_row(rng) for _ in range(identity_rows)] + general_part
+    rows = [identity_row(rng) for _ in range(identity_rows)] + general_rows(rng, general)
     rng.shuffle(rows)
     heldout = [{"prompt": q, "kind": "identity", "check": {"all": [NAME, MAKER]}} for q in HELDOUT_QUESTIONS]
     heldout += [{"prompt": q, "kind": "control", "category": c, "check": check} for c, q, check in CONTROL]

@@ -95,20 +95,6 @@ SMALL_TALK = [
     ("I passed my exam today!", "Congratulations! That's great news. All your hard work paid off."),
     ("It's raining again.", "Rainy days can be cozy. It's a good time for a warm drink and a good book."),
 ]
-# Questions that share the identity questions' words ("name", "who made / built / created") but ask about something
-# else: they teach what the identity answer is for, so the name does not leak wherever those words appear.
-CONTRAST = [
-    ("What is the name of our galaxy?", "Our galaxy is called the Milky Way."),
-    ("What do you call a baby dog?", "A baby dog is called a puppy."),
-    ("What is the name of the longest river in Africa?", "The Nile is the longest river in Africa."),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
-    ("Who invented the telephone?", "Alexander Graham Bell is credited with inventing the telephone."),
-    ("Who built the pyramids of Giza?", "The pyramids of Giza were built by the ancient Egyptians."),
-    ("Who created Mickey Mouse?", "Walt Disney and Ub Iwerks created Mickey Mouse."),
-    ("What is the name of the fourth planet from the Sun?", "The fourth planet from the Sun is Mars."),
-    ("Who made the first airplane flight?", "The Wright brothers made the first powered airplane flight in 1903."),
-    ("Who discovered penicillin?", "Alexander Fleming discovered penicillin in 1928."),
-]
 PLURALS = {"mouse": "mice", "child": "children", "tooth": "teeth", "box": "boxes", "leaf": "leaves",
            "city": "cities", "man": "men", "foot": "feet", "knife": "knives", "bus": "buses"}
 SOUNDS = {"cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "owl": "hoot"}
@@ -183,7 +169,7 @@ def _bank(bank):
 GENERAL_KINDS = {
     "sum": _sum, "product": _product, "capital": _capital, "uppercase": _uppercase, "word_count": _word_count,
     "sort": _sort, "next_day": _next_day, "plural": _plural, "animal_sound": _sound, "fact": _bank(FACTS),
-    "explanation": _bank(EXPLANATIONS), "small_talk": _bank(SMALL_TALK), "contrast": _bank(CONTRAST),
+    "explanation": _bank(EXPLANATIONS), "small_talk": _bank(SMALL_TALK),
 }
 
 
