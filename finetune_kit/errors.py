@@ -47,6 +47,14 @@ def known_library_error(err: BaseException) -> str | None:
     return None
 
 
+def _close_process_group() -> None:
+    """Tear down a finished distributed run's process group before the interpreter exits: left to static destructors,
+    gloo's threads can abort a rank ("terminate called without an active exception", SIGABRT) after a good run."""
+    torch = sys.modules.get("torch")  # never imported just for this: most commands do not use torch
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run `main(argv)`; a user mistake prints one paragraph and exits 2 instead of a traceback (FINETUNE_KIT_DEBUG=1
     shows it); an unexpected error keeps its traceback and asks for a bug report."""
@@ -58,6 +66,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         main(argv)
+        _close_process_group()
     except UserError as err:
         if debug:
             raise
