@@ -114,3 +114,18 @@ def test_qlora_memory_arms(tmp_path, tiny_model_dir):
         assert result[f"ratios_{arm}_over_lora-fp32"]["peak_memory"] > 0
     for arm in ("qlora-4bit", "qlora-4bit-bf16"):  # QLoRA is also compared with the bf16 LoRA run
         assert result[f"ratios_{arm}_over_lora-bf16"]["peak_memory"] > 0
+
+
+def test_sst2_sentence_split_trains_on_no_text_of_a_held_out_sentence():
+    from benchmarks.sst2_sentence_split import sentence_split, sentences_of
+
+    rows = [("a fine film", "1"), ("fine film", "1"), ("film", "1"), ("a dull plot", "0"), ("dull", "0"),
+            ("a dull plot and a fine cast", "0"), ("a fine cast", "1"), ("the end", "1"), ("end", "1")]
+    assert sorted(sentences_of([t for t, _ in rows])) == ["a dull plot and a fine cast", "a fine film", "the end"]
+    for seed in range(5):
+        train, test, info = sentence_split(rows, held=1, train=100, seed=seed)
+        (sentence, _), = test
+        held_text = {" ".join(sentence.split()[i:j]) for i in range(len(sentence.split()))
+                     for j in range(i + 1, len(sentence.split()) + 1)}
+        assert not held_text & {t for t, _ in train}
+        assert info["phrases_inside_heldout_sentences_dropped"] == len(rows) - len(train)
