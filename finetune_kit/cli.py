@@ -349,7 +349,8 @@ def _predict_answers(args) -> None:
         raise UserError("predict: give one --context for all questions, or one per --question.")
     contexts = args.context * len(args.question) if len(args.context) == 1 else args.context
     model, tokenizer = load_for_inference(args.model, merge=True)
-    for result in answer(model, tokenizer, args.question, contexts, null_score_threshold=_run_null_threshold(args.model)):
+    threshold = _run_null_threshold(args.model)
+    for result in answer(model, tokenizer, args.question, contexts, null_score_threshold=threshold):
         print(json.dumps(result))
 
 
