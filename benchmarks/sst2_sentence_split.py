@@ -35,6 +35,12 @@ def read_phrases(path: Path = SST2) -> list[tuple[str, str]]:
         return [(r["text"].strip(), r["label"]) for r in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
+def token_runs(text: str) -> set[str]:
+    """Every run of whole tokens of `text`: the phrases it can contain."""
+    tokens = text.split()
+    return {" ".join(tokens[i:j]) for i in range(len(tokens)) for j in range(i + 1, len(tokens) + 1)}
+
+
 def sentences_of(phrases: list[str]) -> list[str]:
     """The phrases contained (as whole-token runs) in no longer phrase: the treebank's sentences, in practice."""
     inside: set[str] = set()
@@ -43,8 +49,7 @@ def sentences_of(phrases: list[str]) -> list[str]:
         if text in inside:
             continue
         roots.append(text)
-        tokens = text.split()
-        inside.update(" ".join(tokens[i:j]) for i in range(len(tokens)) for j in range(i + 1, len(tokens) + 1))
+        inside |= token_runs(text)
     return roots
 
 
@@ -54,8 +59,7 @@ def sentence_split(rows: list[tuple[str, str]], held: int, train: int, seed: int
     roots = sentences_of([t for t, _ in rows])
     rng.shuffle(roots)
     test = set(roots[:held])
-    covered = {" ".join(t.split()[i:j]) for t in test for i in range(len(t.split()))
-               for j in range(i + 1, len(t.split()) + 1)}
+    covered = set().union(*map(token_runs, test))
     label = dict(rows)
     kept = [(t, y) for t, y in rows if t not in covered]
     rng.shuffle(kept)

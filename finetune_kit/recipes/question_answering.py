@@ -36,21 +36,18 @@ from finetune_kit.tasks import qa
 from finetune_kit.trainer_setup import prepare_trainer
 
 
+def hold_out(rows: list[dict], key: str, ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """`ratio` of the groups of rows sharing `key` (at least one, none when there is only one group) apart, whole."""
+    groups = sorted({r[key] for r in rows})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, round(ratio * len(groups)))]) if len(groups) > 1 else set()
+    return [r for r in rows if r[key] not in held], [r for r in rows if r[key] in held]
+
+
 def split_by_article(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    titles = sorted({r["title"] for r in rows})
-    if len(titles) < 2:
+    if len({r["title"] for r in rows}) < 2:
         raise DataError("eval_split_ratio splits by article, and the data has only one; give eval_dataset_name.")
-    random.Random(seed).shuffle(titles)
-    held = set(titles[: max(1, round(ratio * len(titles)))])
-    return [r for r in rows if r["title"] not in held], [r for r in rows if r["title"] in held]
-
-
-def split_by_paragraph(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """`ratio` of the paragraphs (all their questions) apart, so no held-out question shares a context with training."""
-    contexts = sorted({r["context"] for r in rows})
-    random.Random(seed).shuffle(contexts)
-    held = set(contexts[: max(1, round(ratio * len(contexts)))]) if len(contexts) > 1 else set()
-    return [r for r in rows if r["context"] not in held], [r for r in rows if r["context"] in held]
+    return hold_out(rows, "title", ratio, seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,10 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train_rows, eval_rows = rows, []
     version_2 = task.version_2_with_negative or any(not r["answers"]["text"] for r in rows)
+    choose_threshold = version_2 and task.null_score_threshold is None
     calibration = []
-    if version_2 and task.null_score_threshold is None and task.null_calibration_ratio:
-        train_rows, calibration = split_by_paragraph(train_rows, task.null_calibration_ratio,
-                                                     cfg.data.seed_for_split(args.seed) + 1)
+    if choose_threshold and task.null_calibration_ratio:  # whole paragraphs: no calibration context is trained on
+        train_rows, calibration = hold_out(train_rows, "context", task.null_calibration_ratio,
+                                           cfg.data.seed_for_split(args.seed) + 1)
     train_rows = train_rows[: cfg.data.max_train_samples or None]
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
     decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))
     metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
-    if version_2 and task.null_score_threshold is None:
+    if choose_threshold:
         decisions.add(cfg, null_threshold(trainer, tokenizer, calibration, task, window))
     if eval_rows:
         metrics.update(evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2))
