@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -e ".[quant,dev,tune]"
+	$(PIP) -e ".[quant,dev,tune,ui]"
 	$(PIP) --no-deps $(EMBEDDED)
 	touch $(STAMP)
 

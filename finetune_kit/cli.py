@@ -14,6 +14,7 @@
     finetune-kit predict --model runs/text-classification-minilm-sst2 --text "a gorgeous film"
     finetune-kit tune --config text_classification_minilm_sst2_tune --trials 12
     finetune-kit report runs/sft-smollm2-lora                              # report.html + PNG plots
+    finetune-kit ui --workspace ~/finetune-work                            # the web board (extra: finetune-kit[ui])
 """
 
 from __future__ import annotations
@@ -104,6 +105,13 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, help="jsonl file for the results (default: print)")
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--text_pair_column")
+    ui = commands.add_parser("ui", help="the web board: set up, launch, watch, compare and chat with runs (needs the "
+                             "`ui` extra: pip install \"finetune-kit[ui]\")")
+    ui.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) keeps it on this machine; any other "
+                    "address needs FINETUNE_KIT_UI_TOKEN set, and the board asks for it")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--workspace", default=".", help="the folder the board reads and writes (configs, data, runs); "
+                    "nothing outside it")
     inspect = commands.add_parser("inspect", help="what a checkpoint is and which recipes fit it")
     inspect.add_argument("checkpoint")
     inspect.add_argument("--json", action="store_true")
@@ -154,6 +162,10 @@ def _main(argv: list[str] | None) -> None:
 
         require_generative(args.model)
         model, tokenizer = load_for_inference(args.model)
+    if args.command == "ui":
+        from finetune_kit.ui.app import serve_board
+
+        return serve_board(args.host, args.port, args.workspace)
     if args.command == "recipes":
         _list_recipes()
     elif args.command == "init":

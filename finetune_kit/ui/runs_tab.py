@@ -1,0 +1,162 @@
+"""The Runs tab: the workspace's runs in a table, one run watched (progress, curves, log tail), Stop / Resume,
+its report, export of a LoRA run, and several runs' curves on one chart.
+
+A timer refreshes what is on screen every two seconds from the files the runs write (finetune_kit.ui.run_view); no
+state lives in the page.
+"""
+
+from __future__ import annotations
+
+import html
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from finetune_kit.errors import UserError
+from finetune_kit.ui import run_view
+from finetune_kit.ui.jobs import job_id
+from finetune_kit.ui.paths import inside_workspace
+
+REFRESH_S = 2.0
+LOSS_KEYS, LR_KEYS = ("loss", "eval_loss"), ("learning_rate",)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def _curve_summary(rows: list[dict]) -> str:
+    loss = [r for r in rows if r["series"] == "loss"]
+    if not loss:
+        return "no loss logged yet"
+    return f"{len(loss)} loss points, last {loss[-1]['value']:.4g} at step {loss[-1]['step']:g}"
+
+
+def build(workspace: Path, queue) -> None:
+    root = workspace.resolve()
+
+    def run_names() -> list[str]:
+        return [row[0] for row in run_view.runs_table(root, queue)]
+
+    def watched(run: str | None):
+        """Progress, loss plot, learning-rate plot, curve summary, log tail of the watched run."""
+        if not run:
+            return "pick a run", _frame([]), _frame([]), "", ""
+        folder = inside_workspace(root, run)
+        progress, log, state = run_view.board_paths(root, queue, run)
+        rows = run_view.curve_rows({run: run_view.history(folder, progress)})
+        loss = [r for r in rows if r["series"] in LOSS_KEYS]
+        lr = [r for r in rows if r["series"] in LR_KEYS]
+        text = run_view.progress_text(progress, state) if progress else ""
+        status = f"**{state}**" if state else ""
+        tail = run_view.log_tail(log) if log else "(not launched from this board: no log here)"
+        return " · ".join(filter(None, [status, text])) or "finished outside the board", _frame(loss), _frame(lr), \
+            _curve_summary(rows), tail
+
+    def refresh(run):
+        table = run_view.runs_table(root, queue)
+        names = [row[0] for row in table]
+        if run not in names:
+            run = names[0] if names else None
+        return (pd.DataFrame(table, columns=run_view.COLUMNS), gr.update(choices=names, value=run),
+                gr.update(choices=names), *watched(run))
+
+    timer = gr.Timer(REFRESH_S)
+    table = gr.Dataframe(pd.DataFrame([], columns=run_view.COLUMNS), label="runs", interactive=False,
+                         elem_id="runs-table", wrap=True)
+    with gr.Row():
+        run = gr.Dropdown(run_names(), label="watch run", elem_id="run-select", scale=3)
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
+        resume_btn = gr.Button("Resume", elem_id="resume-button", scale=1)
+        report_btn = gr.Button("Open report", elem_id="report-button", scale=1)
+        export_btn = gr.Button("Export (merge LoRA)", elem_id="export-button", scale=1)
+    action = gr.Markdown(elem_id="run-action-status")
+    progress = gr.Markdown(elem_id="run-progress")
+    summary = gr.Markdown(elem_id="curve-summary")
+    with gr.Row():
+        loss_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", title="loss", elem_id="loss-plot")
+        lr_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", title="learning rate",
+                              elem_id="lr-plot")
+    log = gr.Textbox(label="log tail", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="log-tail")
+    with gr.Accordion("Report", open=True):
+        report_file = gr.File(label="report.html", elem_id="report-file")
+        report_view = gr.HTML(elem_id="report-view")
+    with gr.Accordion("Compare runs", open=True):
+        with gr.Row():
+            compare = gr.Dropdown(run_names(), multiselect=True, label="runs", elem_id="compare-runs", scale=3)
+            key = gr.Dropdown(["loss", "eval_loss", "learning_rate", "grad_norm"], value="loss", label="curve",
+                              allow_custom_value=True, elem_id="compare-key", scale=1)
+        compare_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", elem_id="compare-plot")
+
+    watched_outputs = [progress, loss_plot, lr_plot, summary, log]
+    timer.tick(refresh, run, [table, run, compare, *watched_outputs], show_progress="hidden")
+    run.change(watched, run, watched_outputs, show_progress="hidden")
+
+    def job_of(name: str | None) -> str:
+        if not name:
+            raise UserError("pick a run first.")
+        jid = job_id(name)
+        if jid not in queue.jobs:
+            raise UserError(f"{name} was not launched from this board; stop / resume it where it was started.")
+        return jid
+
+    def acting(action, says: str):
+        """A button's handler: `action(job id)` on the watched run, and what happened (or the one-line error)."""
+        def handler(name):
+            try:
+                job = action(job_of(name))
+                return f"{job.output_dir}: {job.state} ({says})"
+            except UserError as err:
+                return f"**error:** {err}"
+        return handler
+
+    on_stop = acting(queue.stop, "a checkpoint is saved at the end of the current step")
+    on_resume = acting(queue.resume, "resuming from the newest complete checkpoint")
+
+    def on_report(name):
+        from finetune_kit.report import write_report
+
+        try:
+            folder = inside_workspace(root, name or "")
+            page = folder / "report.html"
+            if not page.is_file():
+                page = write_report(folder)  # a run that finished without one, or an older run
+        except UserError as err:
+            return f"**error:** {err}", None, ""
+        # srcdoc keeps the report's own styles inside its frame; its plots are embedded, so nothing is fetched.
+        frame = (f'<iframe title="run report" srcdoc="{html.escape(page.read_text(), quote=True)}" '
+                 'style="width:100%;height:720px;border:1px solid #ddd"></iframe>')
+        return f"report of {name}", str(page), frame
+
+    def on_export(name):
+        try:
+            folder = inside_workspace(root, name or "")
+            if not (folder / "adapter_config.json").is_file():
+                raise UserError(f"{name} holds no LoRA adapter (adapter_config.json): nothing to merge.")
+            out = inside_workspace(root, f"exports/{folder.name}")
+        except UserError as err:
+            return f"**error:** {err}"
+        done = subprocess.run([sys.executable, "-m", "finetune_kit.cli", "export", str(folder), "--out", str(out),
+                               "--overwrite"], cwd=root, capture_output=True, text=True, timeout=1800)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return f"{'**error:** ' if done.returncode else ''}{lines[-1] if lines else done.returncode}"
+
+    stop_btn.click(on_stop, run, action)
+    resume_btn.click(on_resume, run, action)
+    report_btn.click(on_report, run, [action, report_file, report_view])
+    export_btn.click(on_export, run, action)
+
+    def on_compare(names, curve):
+        picked = names or []
+        histories = {}
+        for name in picked:
+            progress_file, _, _ = run_view.board_paths(root, queue, name)
+            histories[name] = run_view.history(inside_workspace(root, name), progress_file)
+        return _frame(run_view.curve_rows(histories, (curve,)) if len(picked) > 1 else
+                      [dict(r, series=f"{picked[0]}: {r['series']}") for r in run_view.curve_rows(histories, (curve,))]
+                      if picked else [])
+
+    gr.on([compare.change, key.change], on_compare, [compare, key], compare_plot)
