@@ -65,13 +65,15 @@ def build_board(workspace: Path, queue):
         gr.Markdown(f"## finetune-kit board · workspace `{workspace}`")
         with gr.Tabs():
             with gr.Tab("Set up", id="setup"):
-                setup_tab.build(workspace, queue)
+                setup = setup_tab.build(workspace, queue)
             with gr.Tab("Runs", id="runs"):
-                runs_tab.build(workspace, queue)
+                runs = runs_tab.build(workspace, queue)
             with gr.Tab("Data", id="data"):
                 data_tab.build(workspace)
             with gr.Tab("Chat", id="chat"):
                 chat_tab.build(workspace, queue)
+        board.load(setup["fresh_choices"], setup["recipe"], setup["config"])
+        board.load(runs["newest_run"], None, runs["run"])
     return board.queue(default_concurrency_limit=4)
 
 

@@ -35,7 +35,8 @@ def _curve_summary(rows: list[dict]) -> str:
     return f"{len(loss)} loss points, last {loss[-1]['value']:.4g} at step {loss[-1]['step']:g}"
 
 
-def build(workspace: Path, queue) -> None:
+def build(workspace: Path, queue) -> dict:
+    """The tab's components; returns what the page does when it opens (watch the newest run)."""
     root = workspace.resolve()
 
     def run_names() -> list[str]:
@@ -57,12 +58,12 @@ def build(workspace: Path, queue) -> None:
             _curve_summary(rows), tail
 
     def refresh(run):
+        # The run picker's choices follow the workspace, its value only the user: a tick that left before a pick
+        # would otherwise put the old value back.
         table = run_view.runs_table(root, queue)
         names = [row[0] for row in table]
-        if run not in names:
-            run = names[0] if names else None
-        return (pd.DataFrame(table, columns=run_view.COLUMNS), gr.update(choices=names, value=run),
-                gr.update(choices=names), *watched(run))
+        return (pd.DataFrame(table, columns=run_view.COLUMNS), gr.update(choices=names), gr.update(choices=names),
+                *watched(run if run in names else None))
 
     timer = gr.Timer(REFRESH_S)
     table = gr.Dataframe(pd.DataFrame([], columns=run_view.COLUMNS), label="runs", interactive=False,
@@ -160,3 +161,9 @@ def build(workspace: Path, queue) -> None:
                       if picked else [])
 
     gr.on([compare.change, key.change], on_compare, [compare, key], compare_plot)
+
+    def newest_run():
+        names = run_names()
+        return gr.update(choices=names, value=names[0] if names else None)
+
+    return {"run": run, "newest_run": newest_run}

@@ -60,7 +60,7 @@ def full_check(workspace: Path, recipe: str, config: Path) -> str:
 def _widget(field: form.FormField, value):
     shown = form.widget_value(field, value)
     common = {"label": field.name, "info": field.help or None, "elem_id": f"field-{field.name}",
-              "key": f"field-{field.name}"}
+              "key": f"field-{field.name}", "interactive": True}
     if field.kind == "bool" and not field.three_way:
         return gr.Checkbox(value=bool(shown), **common)
     if field.three_way:
@@ -170,4 +170,7 @@ def build(workspace: Path, queue) -> dict:
 
         return job_id(_relative(output_dir))
 
-    return {"recipe": recipe, "config": config}
+    def fresh_choices(recipe_name):  # a YAML written into the workspace since the board started
+        return gr.update(choices=config_choices(workspace, recipe_name))
+
+    return {"recipe": recipe, "config": config, "fresh_choices": fresh_choices}
