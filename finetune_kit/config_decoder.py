@@ -163,6 +163,24 @@ class RewardSourceArguments:
 
 
 @dataclass
+class GuardArguments:
+    """The run-level guard of online RL (ppo, grpo; finetune_kit/rl/guard.py): keep the best policy by held-out
+    reward, stop a run whose held-out reward has clearly fallen or whose KL passes a ceiling."""
+
+    # None: best where held-out prompts exist (eval_split_ratio / eval_dataset_name), else last: a recorded decision.
+    keep_policy: str | None = field(default=None, metadata={
+        "help": "best: save the policy of the step with the highest held-out reward (scored every guard_eval_steps, "
+                "step 0 included; needs held-out prompts); last: the final one. Default: best when there are "
+                "held-out prompts, else last.", "choices": ("best", "last")})
+    guard_eval_steps: int = field(default=4, metadata={
+        "help": "Score the held-out prompts every N steps for keep_policy: best and the collapse guard; 0: only "
+                "before and after."})
+    kl_ceiling: float = field(default=20.0, metadata={
+        "help": "Stop the run when a step's KL to the reference (nats per answer) passes this; 0: no ceiling. "
+                "grpo: needs beta > 0 (trl computes no KL at beta 0)."})
+
+
+@dataclass
 class GRPOTrainingArguments(TrlMachineDefaults, GRPOConfig):
     """trl's `GRPOConfig` (num_generations, max_completion_length, beta, loss_type, ...) with machine bf16."""
 
@@ -174,6 +192,7 @@ class GRPORecipeConfig:
     model: ModelArguments
     data: DataArguments
     rewards: RewardSourceArguments
+    guard: GuardArguments
     training: GRPOTrainingArguments
     run: RunArguments
 
@@ -205,14 +224,6 @@ class PPOArguments:
     early_stop_kl: float = field(default=0.02, metadata={
         "help": "Stop a step's remaining updates once the policy's KL from its own rollouts (per answer token, k3 "
                 "estimate) passes this; 0: always run every epoch (the PPO papers' implementations stop early)."})
-    keep_policy: str = field(default="best", metadata={
-        "help": "best: save the policy of the step with the highest held-out reward (scored every guard_eval_steps, "
-                "step 0 included; needs held-out prompts); last: the final one.", "choices": ("best", "last")})
-    guard_eval_steps: int = field(default=4, metadata={
-        "help": "Score the held-out prompts every N steps for keep_policy: best and the collapse guard; 0: only "
-                "before and after."})
-    kl_ceiling: float = field(default=20.0, metadata={
-        "help": "Stop the run when a step's KL to the reference (nats per answer) passes this; 0: no ceiling."})
 
 
 @dataclass
@@ -223,5 +234,6 @@ class PPORecipeConfig:
     data: DataArguments
     rewards: RewardSourceArguments
     ppo: PPOArguments
+    guard: GuardArguments
     training: TrainerArguments
     run: RunArguments

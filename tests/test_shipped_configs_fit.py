@@ -27,11 +27,12 @@ def _decoder_configs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from finetune_kit import demo, demo_rlhf
+    from finetune_kit import demo, demo_grpo, demo_rlhf
 
     root = tmp_path_factory.mktemp("generated")
     demo.make_dataset(root / "data/generated/identity")
     demo_rlhf.make_dataset(root / "data/generated/rlhf")
+    demo_grpo.make_dataset(root / "data/generated/grpo")
     return root
 
 

@@ -88,8 +88,9 @@ _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_be
                  "resume_from_checkpoint", "bf16", "fp16", "use_cpu", "trust_remote_code",
                  "report_to")  # accepted as `none` only (config_decoder.ppo_reports_nowhere)
 _COMMON = cc.COMMON_CHECKS
+_GUARD_CHECKS = (cc.guard_ranges, cc.best_policy_needs_held_out)
 _PPO_CHECKS = (*_COMMON, cc.has_reward_source, cc.ppo_needs_adapter, cc.ppo_batches_divide, cc.ppo_ranges,
-               cc.ppo_needs_max_steps, cc.ppo_reports_nowhere)
+               *_GUARD_CHECKS, cc.ppo_needs_max_steps, cc.ppo_reports_nowhere)
 _CLASSIFIER_CHECKS = (*_COMMON, cc.classifier_splits_in_range, cc.weights_or_balanced_sampling,
                       cc.freeze_layers_not_negative, cc.one_test_source)
 RECIPES: list[Recipe] = [
@@ -111,7 +112,7 @@ RECIPES: list[Recipe] = [
            checks=_PPO_CHECKS),
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
            f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
-           checks=(*_COMMON, cc.has_reward_source)),
+           checks=(*_COMMON, cc.has_reward_source, *_GUARD_CHECKS)),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
            f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD, checks=_CLASSIFIER_CHECKS,
            data_check="finetune_kit.tasks.classification:labelled_examples"),

@@ -24,10 +24,10 @@ from trl import get_peft_config
 from finetune_kit.config import parse_config
 from finetune_kit.config_decoder import PPORecipeConfig
 from finetune_kit.data import encode_prompt, load_sft_datasets, normalise_prompt
-from finetune_kit.decisions import Decision, Decisions
+from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.models import load_causal_lm, load_tokenizer
-from finetune_kit.rl.guard import BestPolicy, kl_exceeded
+from finetune_kit.rl.guard import BestPolicy, keep_policy_decision, kl_exceeded
 from finetune_kit.rl.ppo import PolicyWithValue, PPOTrainer
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import Replacement, check_output_dir, finish_run
@@ -36,7 +36,7 @@ from finetune_kit.runs import Replacement, check_output_dir, finish_run
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPORecipeConfig, argv)
     decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
-    args, ppo = cfg.training, cfg.ppo
+    args, ppo, guarding = cfg.training, cfg.ppo, cfg.guard
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_ids = encode(train, "training")
     eval_ids = encode(held_out, "held-out") if held_out is not None else None
+    decisions.add(cfg, keep_policy_decision(guarding.keep_policy, bool(eval_ids)))
 
     accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no")
     rewards = RewardSources(cfg.rewards.reward_model, cfg.rewards.reward_functions, accelerator.device)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, eval_seed = {}, args.seed + 1_000_003  # the same sampled answers' randomness before and after
     # The guard scores held-out prompts with other sampled answers than the before / after scoring, so that picking
     # the best step does not pick the luckiest answers of the reported ones (finetune_kit/rl/guard.py).
-    guard = BestPolicy(trainer) if eval_ids and ppo.guard_eval_steps else None
+    guard = BestPolicy(trainer) if eval_ids and guarding.guard_eval_steps else None
     guard_scores, stop = {}, None
 
     def score_for_guard():
@@ -86,18 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
             if args.save_strategy == "steps" and trainer.step % args.save_steps == 0 and trainer.step < args.max_steps:
                 trainer.save_checkpoint(args.output_dir)
-            stop = kl_exceeded(log, ppo.kl_ceiling)
-            if stop is None and guard and (trainer.step % ppo.guard_eval_steps == 0 or trainer.step == args.max_steps):
+            stop = kl_exceeded(log, guarding.kl_ceiling)
+            due = guard and (trainer.step % guarding.guard_eval_steps == 0 or trainer.step == args.max_steps)
+            if stop is None and due:
                 stop = score_for_guard()
         if stop and accelerator.is_main_process:
             print(f"guard: {stop}: the run stops at step {trainer.step}.")
     if guard:
         metrics["guard"] = {"held_out_reward_by_step": guard_scores, "best_step": guard.step, "stopped": stop}
-        if ppo.keep_policy == "best" and guard.step != trainer.step:
-            guard.restore()
-            decisions.add(None, Decision("policy_step", guard.step, f"keep_policy: best: held-out reward "
-                                         f"{guard.result['reward_mean']:.3f} at step {guard.step}, the best of "
-                                         f"steps {sorted(guard_scores)} (the last, {trainer.step}, is not kept)"))
+        if guarding.keep_policy == "best":
+            decisions.add(None, guard.keep_best(trainer.step, guard_scores))
     if eval_ids:
         metrics["after"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
         if accelerator.is_main_process and "before" in metrics:

@@ -104,7 +104,7 @@ class PolicyWithValue(nn.Module):
         self.value_head = nn.Linear(policy.config.get_text_config().hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # start from V = 0: no made-up values before any return is seen
         nn.init.zeros_(self.value_head.bias)
-        _output_layer_in_fp32(policy)
+        output_layer_in_fp32(policy)
 
     def forward(self, input_ids, attention_mask):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # prompts are left-padded
@@ -115,7 +115,7 @@ class PolicyWithValue(nn.Module):
             return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
 
-def _output_layer_in_fp32(policy) -> None:
+def output_layer_in_fp32(policy) -> None:
     """Log-probabilities, ratios and KL all come from the logits. Under bf16 autocast the LM head's matmul rounds
     them to bf16 (8 bits of mantissa: ~0.03 nats at a logit of 8), as large as what one PPO update changes, and the
     rollout's and the update's roundings differ: the ratio is noise, the KL estimate drifts, and a bf16 run of `make
