@@ -88,6 +88,11 @@ def ppo(e, rows=None, **cfg):
     return "ppo", {**base, **cfg}
 
 
+def grpo(e, **cfg):
+    _, base = ppo(e)
+    return "grpo", {**{k: v for k, v in base.items() if k not in ("rollout_batch_size", "mini_batch_size")}, **cfg}
+
+
 def write(e, name: str, text: str) -> str:
     path = e["tmp"] / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +224,10 @@ CASES = {
     "quantized full fine-tuning": (lambda e: sft(e, load_in_4bit=True, use_peft=False), r"set use_peft: true", False),
     "PPO batch not a multiple": (lambda e: ppo(e, rollout_batch_size=3), r"multiple of mini_batch_size", False),
     "PPO without a reward": (lambda e: ppo(e, reward_functions=None), r"no reward: set reward_model", False),
+    "keep the best policy with no held-out prompts": (lambda e: ppo(e, keep_policy="best"),
+                                                      r"keep_policy: best scores held-out prompts", False),
+    "GRPO guard with a negative KL ceiling": (lambda e: grpo(e, kl_ceiling=-1),
+                                              r"kl_ceiling and guard_eval_steps must be >= 0", False),
     "config file not found": (lambda e: ("cli", ["train", "sft", "--config", str(e["tmp"] / "missing.yaml")]),
                               r"missing\.yaml", False),
     "key=value on the command line": (lambda e: ("cli", ["train", "sft", "--config",
