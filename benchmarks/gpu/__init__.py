@@ -1,0 +1,1 @@
+"""GPU check kit (issue #19): see benchmarks/gpu/__main__.py."""
