@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def serve_board(host: str = "127.0.0.1", port: int = 7860, workspace: str = ".",
                      else None)
     except OSError as err:
         raise UserError(f"ui: cannot listen on {host}:{port} ({err}); choose another --port.") from None
+    # The first form needs the config types (transformers / trl: seconds to import): load them now, not on the
+    # first click.
+    from finetune_kit.ui.form import form_fields
+
+    threading.Thread(target=form_fields, args=("sft",), daemon=True, name="board-warm-up").start()
     print(f"board: http://{host}:{port} (workspace {root}; ready in {time.monotonic() - started:.1f} s; Ctrl-C "
           "stops the board, runs it started go on)", flush=True)
     if block:
