@@ -248,7 +248,10 @@ def test_two_tabs_launch_stop_resume_finish_report(page, board, browser, shots, 
     _pick(a, "compare-runs", "runs/tiny-a")
     _pick(a, "compare-runs", "runs/tiny-b")
     a.locator("#compare-plot").scroll_into_view_if_needed()
+    _wait_text(a.locator("#compare-summary"), r"runs/tiny-a: loss \(10 points\), runs/tiny-b: loss \(2 points\)")
     a.wait_for_selector("#compare-plot canvas, #compare-plot svg")
+    a.keyboard.press("Escape")  # close the run list; let the chart draw the new data before the screenshot
+    a.wait_for_timeout(1500)
     a.screenshot(path=shots / "runs-compare.png")
     b.close()
 

@@ -91,6 +91,7 @@ def build(workspace: Path, queue) -> dict:
             key = gr.Dropdown(["loss", "eval_loss", "learning_rate", "grad_norm"], value="loss", label="curve",
                               allow_custom_value=True, elem_id="compare-key", scale=1)
         compare_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", elem_id="compare-plot")
+        compare_summary = gr.Markdown(elem_id="compare-summary")
 
     watched_outputs = [progress, loss_plot, lr_plot, summary, log]
     timer.tick(refresh, run, [table, run, compare, *watched_outputs], show_progress="hidden")
@@ -156,11 +157,13 @@ def build(workspace: Path, queue) -> dict:
         for name in picked:
             progress_file, _, _ = run_view.board_paths(root, queue, name)
             histories[name] = run_view.history(inside_workspace(root, name), progress_file)
-        return _frame(run_view.curve_rows(histories, (curve,)) if len(picked) > 1 else
-                      [dict(r, series=f"{picked[0]}: {r['series']}") for r in run_view.curve_rows(histories, (curve,))]
-                      if picked else [])
+        rows = run_view.curve_rows(histories, (curve,))
+        counts = {}
+        for r in rows:
+            counts[r["series"]] = counts.get(r["series"], 0) + 1
+        return _frame(rows), ", ".join(f"{series} ({n} points)" for series, n in counts.items()) or "nothing to draw"
 
-    gr.on([compare.change, key.change], on_compare, [compare, key], compare_plot)
+    gr.on([compare.change, key.change], on_compare, [compare, key], [compare_plot, compare_summary])
 
     def newest_run():
         names = run_names()
