@@ -1,4 +1,4 @@
-"""Configs of the decoder stages: SFT, continued pretraining, reward model, DPO, KTO, GRPO and our PPO.
+"""Configs of the decoder stages: SFT, continued pretraining, reward model, DPO, KTO, GRPO, RLOO and our PPO.
 
 Each trl trainer's own config is used as it is (keys named as trl names them), with the machine defaults of
 `TrlMachineDefaults`; what trl has no key for lives in a small task part. Checks are named functions.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, SFTConfig
+from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 from finetune_kit.config import (
     DataArguments,
@@ -164,7 +164,7 @@ class RewardSourceArguments:
 
 @dataclass
 class GuardArguments:
-    """The run-level guard of online RL (ppo, grpo; finetune_kit/rl/guard.py): keep the best policy by held-out
+    """The run-level guard of online RL (ppo, grpo, rloo; finetune_kit/rl/guard.py): keep the best policy by held-out
     reward, stop a run whose held-out reward has clearly fallen or whose KL passes a ceiling."""
 
     # None: best where held-out prompts exist (eval_split_ratio / eval_dataset_name), else last: a recorded decision.
@@ -177,7 +177,7 @@ class GuardArguments:
                 "before and after."})
     kl_ceiling: float = field(default=20.0, metadata={
         "help": "Stop the run when a step's KL to the reference (nats per answer) passes this; 0: no ceiling. "
-                "grpo: needs beta > 0 (trl computes no KL at beta 0)."})
+                "grpo / rloo: needs beta > 0 (trl computes no KL at beta 0)."})
 
 
 @dataclass
@@ -194,6 +194,23 @@ class GRPORecipeConfig:
     rewards: RewardSourceArguments
     guard: GuardArguments
     training: GRPOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class RLOOTrainingArguments(TrlMachineDefaults, RLOOConfig):
+    """trl's `RLOOConfig` (num_generations, max_completion_length, beta, normalize_advantages, ...) with machine bf16."""
+
+
+@dataclass
+class RLOORecipeConfig:
+    """The rloo recipe: REINFORCE leave-one-out (trl's RLOOTrainer)."""
+
+    model: ModelArguments
+    data: DataArguments
+    rewards: RewardSourceArguments
+    guard: GuardArguments
+    training: RLOOTrainingArguments
     run: RunArguments
 
 

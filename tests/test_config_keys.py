@@ -106,6 +106,8 @@ def _configs(tmp_path, llama, bert) -> dict[str, dict]:
             "max_length": 64},
         "grpo": {**lm, "dataset_name": str(prompts), "num_generations": 4, "max_completion_length": 4,
                  "reward_functions": reward},
+        "rloo": {**lm, "dataset_name": str(prompts), "num_generations": 4, "max_completion_length": 4,
+                 "reward_functions": reward},
         "ppo": {"model_name_or_path": llama, "use_peft": True, "lora_r": 4, "max_steps": 1, "report_to": "none",
                 "dataset_name": str(prompts), "rollout_batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4,
                 "reward_functions": reward, "eval_split_ratio": 0.5},

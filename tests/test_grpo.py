@@ -109,15 +109,18 @@ def grpo_setup(tmp_path, tiny_model_dir):
     return tmp_path, base
 
 
-def test_grpo_scores_before_and_after_and_saves_the_best_scored_step(grpo_setup):
+@pytest.mark.precision  # `make test` runs it again under the other bf16 decision: the fp32 head decisions
+@pytest.mark.parametrize("recipe", ["grpo", "rloo"])
+def test_scores_before_and_after_and_saves_the_best_scored_step(grpo_setup, recipe):
     from safetensors.torch import load_file
 
     tmp_path, base = grpo_setup
-    metrics = run_recipe("grpo", ["--config", write_config(tmp_path / "c.yaml", base)])
+    metrics = run_recipe(recipe, ["--config", write_config(tmp_path / "c.yaml", base)])
     assert "eval_reward" in metrics["before"] and "eval_reward" in metrics["after"]
     guard, out = metrics["guard"], tmp_path / "out"
     scores = {int(k): v for k, v in guard["held_out_reward_by_step"].items()}
-    assert sorted(scores) == [0, 1, 2, 3, 4]
+    last = max(scores)  # 4, or earlier where the guard stopped a run that fell (lr 0.3 is large)
+    assert sorted(scores) == list(range(last + 1)) and (last == 4 or guard["stopped"])
     assert guard["best_step"] == max(scores, key=lambda k: (scores[k], -k))
     saved = load_file(out / "adapter_model.safetensors")
     if guard["best_step"] == 0:  # the starting policy: LoRA's B matrices still zero
@@ -127,7 +130,9 @@ def test_grpo_scores_before_and_after_and_saves_the_best_scored_step(grpo_setup)
         assert all(torch.equal(saved[k], kept[k]) for k in kept)
     decisions = json.loads((out / "run_info.json").read_text())["decisions"]
     assert decisions["keep_policy"]["value"] == "best"
-    assert (decisions.get("policy_step", {}).get("value") == guard["best_step"]) == (guard["best_step"] != 4)
+    assert (decisions.get("policy_step", {}).get("value") == guard["best_step"]) == (guard["best_step"] != last)
+    fp32_head = {"grpo": "cast_lm_head_to_fp32", "rloo": "fused_lm_head_fp32"}[recipe]
+    assert (fp32_head in decisions) == decisions["bf16"]["value"]
 
 
 def test_keep_policy_best_without_held_out_prompts_is_refused(grpo_setup):
@@ -140,21 +145,30 @@ def test_keep_policy_best_without_held_out_prompts_is_refused(grpo_setup):
     assert not (tmp_path / "out").exists()
 
 
-def test_under_half_precision_the_lm_head_is_decided_fp32_and_trl_scores_in_fp32(tokenizer):
-    """Issue #25 for GRPO: with bf16 autocast the recipe decides trl's cast_lm_head_to_fp32, and trl's fused head
-    then gives the log-probabilities of an fp32 matmul (a bf16 one rounds them by ~0.03 nats)."""
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+def test_under_half_precision_log_probs_come_from_an_fp32_lm_head(tokenizer, trainer):
+    """Issue #25 for GRPO / RLOO: with bf16 autocast, grpo decides trl's cast_lm_head_to_fp32; rloo (no such key)
+    wraps trl's fused head again in fp32. Either way the log-probabilities are an fp32 matmul's (a bf16 one rounds
+    them by ~0.03 nats)."""
     from types import SimpleNamespace
 
     from trl.trainer.utils import add_fused_lm_head
 
     from finetune_kit.rl.guard import fp32_lm_head_decision
+    from finetune_kit.rl.online import fused_head_in_fp32
 
     assert fp32_lm_head_decision(SimpleNamespace(bf16=True, fp16=False), set()).value is True
     assert fp32_lm_head_decision(SimpleNamespace(bf16=False, fp16=False), set()) is None
     assert fp32_lm_head_decision(SimpleNamespace(bf16=True, fp16=False), {"cast_lm_head_to_fp32"}) is None
 
-    model = lora_model(tokenizer).get_base_model()
-    add_fused_lm_head(model, cast_lm_head_to_fp32=True)
+    peft_model = lora_model(tokenizer)
+    model = peft_model.get_base_model()
+    if trainer == "grpo":  # what GRPOTrainer does with cast_lm_head_to_fp32: true
+        add_fused_lm_head(model, cast_lm_head_to_fp32=True)
+    else:  # what RLOOTrainer does, then the recipe
+        add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+        half = SimpleNamespace(bf16=True, fp16=False, temperature=1.0)
+        assert fused_head_in_fp32(SimpleNamespace(args=half, model=peft_model, ref_model=None)).value is True
     ids = torch.randint(0, len(tokenizer), (2, 12))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         fused = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs

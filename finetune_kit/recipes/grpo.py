@@ -9,13 +9,13 @@ tokenizer) and / or Python functions (`reward_functions: [module:function]`), ex
 one reward works with both. trl's `beta` (default 0: no reference model) adds a KL term.
 
 With held-out prompts (`eval_split_ratio` / `eval_dataset_name`) trl's evaluate samples answers to them and scores
-them: before training, every `guard_eval_steps`, and after. The guard (finetune_kit/rl/guard.py, as for ppo) stops a
-run whose held-out reward clearly falls or whose KL passes `kl_ceiling`, and `keep_policy: best` saves the best step.
+them: before training, every `guard_eval_steps`, and after (finetune_kit/rl/online.py). The guard (rl/guard.py, as
+for ppo) stops a run whose held-out reward clearly falls or whose KL passes `kl_ceiling`, and `keep_policy: best`
+saves the best step.
 """
 
 from __future__ import annotations
 
-import torch
 from transformers import set_seed
 from trl import GRPOTrainer, get_peft_config
 
@@ -26,7 +26,8 @@ from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
-from finetune_kit.rl.guard import HeldOutRewardGuard, fp32_lm_head_decision, keep_policy_decision
+from finetune_kit.rl.guard import fp32_lm_head_decision, keep_policy_decision
+from finetune_kit.rl.online import guarded_train
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.trainer_setup import prepare_trainer
@@ -59,31 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
     decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))
-    answers = len(eval_dataset) * (args.num_generations_eval or args.num_generations) if eval_dataset else 0
-    guard = HeldOutRewardGuard(trainer.model, cfg.guard.guard_eval_steps if answers else 0, answers,
-                               cfg.guard.kl_ceiling if args.beta else 0.0)
-    trainer.add_callback(guard)
-    eval_seed, metrics = args.seed + 1_000_003, {}  # the same sampling randomness before and after
-    if eval_dataset is not None and resume is None:
-        metrics["before"] = evaluate_seeded(trainer, eval_seed)  # also the guard's step 0
-    metrics.update(trainer.train(resume_from_checkpoint=resume).metrics)
-    if answers and cfg.guard.guard_eval_steps:
-        metrics["guard"] = guard.summary()
-        if cfg.guard.keep_policy == "best":
-            decisions.add(None, guard.best.keep_best(trainer.state.global_step, guard.scores))
-    trainer.remove_callback(guard)
-    if eval_dataset is not None:
-        metrics["after"] = evaluate_seeded(trainer, eval_seed)
+    metrics = guarded_train(trainer, cfg, eval_dataset, resume, decisions)
     finish_run(trainer, cfg, "grpo", metrics, decisions)
     return metrics
-
-
-def evaluate_seeded(trainer, seed: int) -> dict:
-    """trl's evaluate (sampled answers to the held-out prompts, scored) with its own seed; the training's random
-    stream goes on as if it had not run."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return trainer.evaluate()
 
 
 if __name__ == "__main__":
