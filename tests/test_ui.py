@@ -58,7 +58,8 @@ def test_config_path_keys_must_stay_inside(workspace):
     form.confine_paths(workspace, {"output_dir": "runs/a", "model_name_or_path": "smollm2-135m-instruct",
                                    "dataset_name": "data/train.jsonl", "learning_rate": "../not-a-path-key"})
     for key, value in [("output_dir", "/tmp/elsewhere"), ("dataset_name", "link-out/secret.txt"),
-                       ("model_name_or_path", "~/models/x"), ("eval_dataset_name", "../x.jsonl")]:
+                       ("model_name_or_path", "~/models/x"), ("eval_dataset_name", "../x.jsonl"),
+                       ("resume_from_checkpoint", "/tmp/run/checkpoint-2"), ("deepspeed", "/etc/ds.json")]:
         with pytest.raises(UserError, match=f"config key '{key}'"):
             form.confine_paths(workspace, {key: value})
 
@@ -200,10 +201,24 @@ def test_queue_runs_one_at_a_time_and_both_finish(tmp_path):
         assert fourth.state == STOPPED and fourth.started is None
     finally:
         queue.close()
+    # A run still going when its board closes is watched by the next board (by pid) and ends as its folder says.
+    queue = JobQueue(tmp_path, command_for=_sleeper(1.5), poll_s=0.05)
+    fifth = queue.submit("sft", "e.yaml", "runs/e")
+    queue.close()
+    later = JobQueue(tmp_path, command_for=_sleeper(0), poll_s=0.05)
+    try:
+        assert later.jobs[fifth.id].state == RUNNING and fifth.id in later.detached
+        (tmp_path / "runs" / "e").mkdir(parents=True)
+        (tmp_path / "runs" / "e" / "run_info.json").write_text("{}")
+        _wait_for(lambda: later.jobs[fifth.id].state == FINISHED)
+    finally:
+        later.close()
+        queue.procs[fifth.id].wait()
     # A new board reads the jobs back.
     again = JobQueue(tmp_path, command_for=_sleeper(0))
     assert {j.id: j.state for j in again.jobs.values()} == {"runs__a": FINISHED, "runs__b": FINISHED,
-                                                           "runs__c": FINISHED, "runs__d": STOPPED}
+                                                           "runs__c": FINISHED, "runs__d": STOPPED,
+                                                           "runs__e": FINISHED}
     again.close()
 
 
@@ -232,3 +247,30 @@ def test_ui_command_refusals(tmp_path):
                              "from finetune_kit.cli import main; main(['ui', '--workspace', sys.argv[1]])",
                              str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert hidden.returncode == 2 and 'finetune-kit[ui]' in hidden.stderr and "Traceback" not in hidden.stderr
+
+
+def test_a_token_guards_the_board(tmp_path):
+    """With FINETUNE_KIT_UI_TOKEN set (required off 127.0.0.1), nothing is served before the token is given."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "a-long-enough-test-token"
+    board = subprocess.Popen([sys.executable, "-m", "finetune_kit.cli", "ui", "--workspace", str(tmp_path), "--port",
+                              str(port)], env={**os.environ, "FINETUNE_KIT_UI_TOKEN": token},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert board.stdout.readline().startswith("board: http://127.0.0.1")
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/config").status_code == 401
+            assert client.post("/login", data={"username": "me", "password": "wrong-token-here"}).status_code >= 400
+            assert client.get("/config").status_code == 401
+            assert client.post("/login", data={"username": "me", "password": token}).status_code == 200
+            assert client.get("/config").status_code == 200  # the session cookie now opens it
+    finally:
+        board.terminate()
+        board.wait(timeout=30)

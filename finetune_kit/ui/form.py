@@ -35,7 +35,8 @@ FIRST_TRAINING_KEYS = ("output_dir", "num_train_epochs", "max_steps", "learning_
                        "overwrite_output_dir", "resume_from_checkpoint")
 # Keys holding a path or a model / data reference: their values must stay inside the workspace (or be a hub id /
 # an embedded name, which resolve to nothing on disk).
-_PATH_KEY = re.compile(r".*(_dir|_path|_name_or_path|dataset_name|_file|reward_model)$")
+_PATH_KEY = re.compile(r".*(_dir|_path|_name_or_path|dataset_name|_file|reward_model)$|"
+                       r"^(resume_from_checkpoint|deepspeed|fsdp_config)$")
 DEFAULT = "(default)"
 
 

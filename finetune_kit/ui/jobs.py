@@ -48,6 +48,18 @@ class Job:
     command: list[str] = field(default_factory=list)
 
 
+def _alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs (and is not a zombie waiting to be reaped)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path("/proc").is_dir() else ""
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def job_id(output_dir: str) -> str:
     """A folder name for the job of a run folder (runs/my-run -> runs__my-run)."""
     return re.sub(r"[^\w.-]+", "_", output_dir.strip("/").replace("/", "__")) or "run"
@@ -69,6 +81,7 @@ class JobQueue:
         self.parallel, self.command_for = parallel, command_for
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.detached: set[str] = set()  # runs an earlier board started that are still going: watched by pid
         self.jobs: dict[str, Job] = {j.id: j for j in self._load()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(poll_s,), daemon=True, name="board-queue")
@@ -97,7 +110,7 @@ class JobQueue:
             job = self._job(jid)
             if job.state == QUEUED:
                 job.state, job.ended = STOPPED, time.time()
-            elif job.state == RUNNING:
+            elif job.state == RUNNING and _alive(job.pid):
                 os.killpg(job.pid, signal.SIGINT)  # the worker saves a checkpoint and exits (worker.py)
                 job.state, job.stop_sent = STOPPING, time.time()
             else:
@@ -135,8 +148,16 @@ class JobQueue:
                 elif job.state == STOPPING and time.time() - job.stop_sent > STOP_GRACE_S:
                     late = time.time() - job.stop_sent > 2 * STOP_GRACE_S
                     os.killpg(job.pid, signal.SIGKILL if late else signal.SIGTERM)
+            for jid in list(self.detached):
+                job = self.jobs[jid]
+                if not _alive(job.pid):  # no exit code to read: the run folder says how it ended
+                    self.detached.discard(jid)
+                    finished = (self.workspace / job.output_dir / "run_info.json").is_file()
+                    job.state = FINISHED if finished else STOPPED if job.state == STOPPING else FAILED
+                    job.ended = time.time()
+                    self._save(job)
             for job in sorted(self.jobs.values(), key=lambda j: j.created):
-                if len(self.procs) >= self.parallel:
+                if len(self.procs) + len(self.detached) >= self.parallel:
                     break
                 if job.state == QUEUED:
                     self._start(job)
@@ -179,7 +200,9 @@ class JobQueue:
                 job = Job(**json.loads(path.read_text()))
             except (ValueError, TypeError):
                 continue
-            if job.state in ACTIVE:  # an earlier board ended while it ran or waited: its process is not ours
+            if job.state in (RUNNING, STOPPING) and _alive(job.pid):  # an earlier board started it; it goes on
+                self.detached.add(job.id)
+            elif job.state in (RUNNING, STOPPING):  # ended while no board watched: its exit code is lost
                 job.state = LOST
-            jobs.append(job)
+            jobs.append(job)  # queued jobs stay queued: this board starts them
         return jobs
