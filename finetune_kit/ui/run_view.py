@@ -134,6 +134,27 @@ def curve_rows(runs: dict[str, list[dict]], keys: tuple[str, ...] | None = None)
     return rows
 
 
+def compare_figure(histories: dict[str, list[dict]], key: str):
+    """One matplotlib figure with `key` of each run over steps (gr.Plot shows it). A figure, not gradio's LinePlot:
+    that chart keeps the series of its first data and draws no line for a run added to the comparison later."""
+    from finetune_kit.report import _figure_of
+
+    fig = _figure_of(8.0, 3.6)
+    ax = fig.subplots()
+    for name, rows_of_run in histories.items():
+        points = _series(rows_of_run).get(key, [])
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def progress_text(progress: Path | None, job_state: str | None, now: float | None = None) -> str:
     """`step 6 / 10 (60%), 1.2 s/step, about 5 s left` from the worker's progress lines."""
     events = progress_events(progress) if progress else []

@@ -1,7 +1,7 @@
 """The Runs tab: the workspace's runs in a table, one run watched (progress, curves, log tail), Stop / Resume,
 its report, export of a LoRA run, and several runs' curves on one chart.
 
-A timer refreshes what is on screen every two seconds from the files the runs write (finetune_kit.ui.run_view); no
+A timer refreshes what is on screen every second from the files the runs write (finetune_kit.ui.run_view); no
 state lives in the page.
 """
 
@@ -20,7 +20,7 @@ from finetune_kit.ui import run_view
 from finetune_kit.ui.jobs import job_id
 from finetune_kit.ui.paths import inside_workspace
 
-REFRESH_S = 2.0
+REFRESH_S = 1.0
 LOSS_KEYS, LR_KEYS = ("loss", "eval_loss"), ("learning_rate",)
 
 
@@ -49,7 +49,10 @@ def build(workspace: Path, queue) -> dict:
         folder = inside_workspace(root, run)
         progress, log, state = run_view.board_paths(root, queue, run)
         rows = run_view.curve_rows({run: run_view.history(folder, progress)})
-        loss = [r for r in rows if r["series"] in LOSS_KEYS]
+        # Every series the chart may ever show is in its first data (a null point where none is logged yet): gradio's
+        # LinePlot keeps the series of its first data and would never draw eval_loss appearing at the first eval.
+        loss = [r for r in rows if r["series"] in LOSS_KEYS] + [{"step": 0, "value": None, "series": k}
+                                                               for k in LOSS_KEYS]
         lr = [r for r in rows if r["series"] in LR_KEYS]
         text = run_view.progress_text(progress, state) if progress else ""
         status = f"**{state}**" if state else ""
@@ -90,7 +93,7 @@ def build(workspace: Path, queue) -> dict:
             compare = gr.Dropdown(run_names(), multiselect=True, label="runs", elem_id="compare-runs", scale=3)
             key = gr.Dropdown(["loss", "eval_loss", "learning_rate", "grad_norm"], value="loss", label="curve",
                               allow_custom_value=True, elem_id="compare-key", scale=1)
-        compare_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", elem_id="compare-plot")
+        compare_plot = gr.Plot(label="compare", elem_id="compare-plot")
         compare_summary = gr.Markdown(elem_id="compare-summary")
 
     watched_outputs = [progress, loss_plot, lr_plot, summary, log]
@@ -152,16 +155,13 @@ def build(workspace: Path, queue) -> dict:
     export_btn.click(on_export, run, action)
 
     def on_compare(names, curve):
-        picked = names or []
         histories = {}
-        for name in picked:
+        for name in names or []:
             progress_file, _, _ = run_view.board_paths(root, queue, name)
             histories[name] = run_view.history(inside_workspace(root, name), progress_file)
-        rows = run_view.curve_rows(histories, (curve,))
-        counts = {}
-        for r in rows:
-            counts[r["series"]] = counts.get(r["series"], 0) + 1
-        return _frame(rows), ", ".join(f"{series} ({n} points)" for series, n in counts.items()) or "nothing to draw"
+        counts = {name: len(run_view.curve_rows({name: h}, (curve,))) for name, h in histories.items()}
+        summary = ", ".join(f"{name}: {curve} ({n} points)" for name, n in counts.items()) or "pick runs to compare"
+        return run_view.compare_figure(histories, curve), summary
 
     gr.on([compare.change, key.change], on_compare, [compare, key], [compare_plot, compare_summary])
 
