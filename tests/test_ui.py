@@ -235,7 +235,9 @@ def test_marked_rows_highlight_what_carries_loss(tokenizer):
 def test_ui_command_refusals(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FINETUNE_KIT_UI_TOKEN"}
     kit = [sys.executable, "-m", "finetune_kit.cli", "ui", "--workspace", str(tmp_path)]
-    for extra, expected in [(["--host", "0.0.0.0"], "FINETUNE_KIT_UI_TOKEN"), (["--port", "0"], "--port")]:
+    (tmp_path / "a-file").write_text("x")
+    for extra, expected in [(["--host", "0.0.0.0"], "FINETUNE_KIT_UI_TOKEN"), (["--port", "0"], "--port"),
+                            (["--workspace", str(tmp_path / "a-file")], "is a file")]:
         done = subprocess.run(kit + extra, capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1

@@ -246,6 +246,10 @@ def test_two_tabs_launch_stop_resume_finish_report(page, board, browser, shots, 
     a.locator("#report-view").scroll_into_view_if_needed()
     a.screenshot(path=shots / "runs-report.png")
 
+    a.locator("#export-button").click()  # the LoRA run merged into a standalone model, inside the workspace
+    _wait_text(a.locator("#run-action-status"), r"exported to .*exports/tiny-a", timeout=120)
+    assert (workspace / "exports" / "tiny-a" / "model.safetensors").is_file()
+
     _pick(a, "compare-runs", "runs/tiny-a")
     _pick(a, "compare-runs", "runs/tiny-b")
     a.locator("#compare-plot").scroll_into_view_if_needed()
