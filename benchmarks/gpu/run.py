@@ -67,19 +67,27 @@ def environment(dry: bool) -> dict:
 
     import torch
 
-    names = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "liger-kernel",
-             "flash-attn", "triton", "huggingface-hub", "tokenizers", "finetune-kit"]
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    from finetune_kit.runs import package_versions
+
+    def version(name: str) -> str | None:
+        return metadata.version(name) if importlib.util.find_spec(name.replace("-", "_")) else None
+
+    versions = {**package_versions(), **{n: version(n) for n in ("liger-kernel", "flash-attn", "triton",
+                                                                  "huggingface-hub", "tokenizers")}}
     cuda = torch.cuda.is_available()
     return {"dry_run": dry, "python": platform.python_version(), "versions": versions,
             "finetune_kit_from": str(Path(importlib.util.find_spec("finetune_kit").origin).parent),
             "gpu": torch.cuda.get_device_name(0) if cuda else None, "cuda": torch.version.cuda,
             "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None}
+
+
+def in_part(step, part: str) -> bool:
+    """Part 1: all but the steps that need bitsandbytes; part 2: those, the matmul peak (their MFU) and bf16 LoRA at
+    1B (QLoRA's peak memory is compared with it in the same run)."""
+    if part == "all":
+        return True
+    quantized = "bitsandbytes" in step.needs
+    return quantized == (part == "2") or (part == "2" and step.name in ("matmul_peak", "sft/llama-1b/lora/ours"))
 
 
 def run_step(step, ctx, deadline: float) -> dict:
@@ -135,9 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = opts.work or (opts.out / "work" if opts.dry_run else Path("/tmp/gpukit-work"))
     ctx = matrix.Context(work=work, assets=assets, dry=opts.dry_run)
     chosen = [s for s in matrix.steps() if (not opts.steps or s.name in opts.steps.split(","))
-              and (opts.part == "all" or ("bitsandbytes" in s.needs) == (opts.part == "2"))]
-    if opts.part == "2" and not any(s.name == "matmul_peak" for s in chosen):
-        chosen.insert(0, matrix.steps()[0])  # the MFU of part 2 needs the peak too
+              and in_part(s, opts.part)]
     report = {"command": "python3 -m benchmarks.gpu run " + " ".join(sys.argv[1:]), "started": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)), "budget_seconds": opts.budget,
         "install": json.loads(os.environ.get("GPUKIT_INSTALL", "null")), "environment": environment(opts.dry_run),
