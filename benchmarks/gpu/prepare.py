@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = {folder.name: folder_bytes(folder) for folder in (CORE, TF, EXTRA, BNB)}
     tree = tree_bytes()
     calls = plan(tree, sizes)
-    report = {"python": PYTHON, "platforms": PLATFORMS, "wheels": wheels, "unmet_requirements": problems,
+    report = {"command": "python -m benchmarks.gpu prepare", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "python": PYTHON, "platforms": PLATFORMS, "wheels": wheels, "unmet_requirements": problems,
               "why": {name: why for name, (_, why) in WHEELS.items()}, "tree_bytes": tree,
               "carried_bytes": sizes, "limit_bytes": LIMIT, "headroom_bytes": HEADROOM,
               "calls": [{**c, "run": run_call(c["part"], c["carry"])} for c in calls]}
