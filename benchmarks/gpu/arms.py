@@ -120,7 +120,8 @@ def matmul_counts(model) -> tuple[int, int]:
 def flops_per_token(model, context: float, extra_forwards: int = 0) -> float:
     config = model.config
     layers = config.num_hidden_layers
-    width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = config.num_attention_heads * head
     total, trainable = matmul_counts(model)
     attention = 4 * layers * width * context
     return 4 * total + 2 * trainable + 3 * attention + extra_forwards * (2 * total + attention)

@@ -11,7 +11,8 @@ from the same initial weights, 3 steps and a sharded save of model and optimizer
 optimizer load that checkpoint and take the last 3 steps. One launch, one process group: a second torchrun would add
 ~20 s of imports on a 2-core machine, and tearing the group down and starting another inside the same torchrun
 (destroy_process_group, init_process_group) hung on the rendezvous store now and then (torch 2.13, gloo).
-Rank 0 writes `fsdp2.json`: losses, checksums of the gathered weights, and what the shards looked like. tests/test_fsdp_cpu.py asserts that 3 + 3 equals 6.
+Rank 0 writes `fsdp2.json`: losses, checksums of the gathered weights, and what the shards looked like.
+tests/test_fsdp_cpu.py asserts that 3 + 3 equals 6.
 """
 
 from __future__ import annotations
