@@ -87,9 +87,11 @@ def norm(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def unmet(requirements: dict[str, list[str]]) -> list[str]:
+def unmet(requirements: dict[str, list[str]], unverified: list[str] | None = None) -> list[str]:
     """What the carried packages require (`requirements`: name -> its Requires-Dist lines) that the device would
-    lack: a package neither on the image nor carried, or an image version outside the specifier."""
+    lack: a package neither on the image nor carried, or an image version outside the specifier. Requirements with a
+    version bound on an image package whose version is unrecorded go to `unverified` (the device run records those
+    versions, and pip check's verdict)."""
     from packaging.requirements import Requirement
 
     carried, image = {norm(n) for n in requirements}, {norm(n) for n in IMAGE_PACKAGES}
@@ -106,6 +108,8 @@ def unmet(requirements: dict[str, list[str]]) -> list[str]:
                 problems.append(f"{name} needs {need}: not on the image, not carried")
             elif wanted in IMAGE_VERSIONS and not need.specifier.contains(IMAGE_VERSIONS[wanted], prereleases=True):
                 problems.append(f"{name} needs {need}: the image has {IMAGE_VERSIONS[wanted]}")
+            elif wanted not in IMAGE_VERSIONS and need.specifier and unverified is not None:
+                unverified.append(f"{name} needs {need}")
     return problems
 
 
@@ -221,12 +225,14 @@ def main(argv: list[str] | None = None) -> dict:
     wheels = {name: download(name, folder).name for name, (folder, _) in WHEELS.items()}
     wheels["finetune-kit"] = project_wheel(CORE).name
     pack_assets(CORE)
-    problems = unmet(wheel_requirements(sorted(KIT.glob("*/*.whl"))))
+    unverified: list[str] = []
+    problems = unmet(wheel_requirements(sorted(KIT.glob("*/*.whl"))), unverified)
     sizes = {folder.name: folder_bytes(folder) for folder in (CORE, TF, EXTRA, BNB)}
     tree = tree_bytes()
     calls = plan(tree, sizes)
     report = {"command": "python -m benchmarks.gpu prepare", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "python": PYTHON, "platforms": PLATFORMS, "wheels": wheels, "unmet_requirements": problems,
+              "unverified_requirements": unverified,
               "why": {name: why for name, (_, why) in WHEELS.items()}, "tree_bytes": tree,
               "carried_bytes": sizes, "limit_bytes": LIMIT, "headroom_bytes": HEADROOM,
               "calls": [{**c, "run": run_call(c["part"], c["carry"])} for c in calls]}

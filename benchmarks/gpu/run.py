@@ -72,8 +72,11 @@ def environment(dry: bool) -> dict:
     def version(name: str) -> str | None:
         return metadata.version(name) if importlib.util.find_spec(name.replace("-", "_")) else None
 
-    versions = {**package_versions(), **{n: version(n) for n in ("liger-kernel", "flash-attn", "triton",
-                                                                  "huggingface-hub", "tokenizers")}}
+    # the image's own packages that carried ones require at versions KINDS.md does not record (prepare.py:
+    # unverified_requirements), next to what the matrix switches on
+    versions = {**package_versions(), **{n: version(n) for n in (
+        "liger-kernel", "flash-attn", "triton", "huggingface-hub", "tokenizers", "pyarrow", "pandas", "numpy",
+        "fsspec", "regex", "psutil", "jinja2")}}
     cuda = torch.cuda.is_available()
     return {"dry_run": dry, "python": platform.python_version(), "versions": versions,
             "finetune_kit_from": str(Path(importlib.util.find_spec("finetune_kit").origin).parent),
