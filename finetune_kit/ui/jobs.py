@@ -92,12 +92,16 @@ class JobQueue:
     def folder(self, job_id: str) -> Path:
         return self.root / job_id
 
+    def require_idle(self, output_dir: str) -> None:
+        """Refuse a second job for a run folder that is queued or running."""
+        old = self.jobs.get(job_id(output_dir))
+        if old is not None and old.state in ACTIVE:
+            raise UserError(f"{output_dir} is already {old.state}; stop it first or choose another output_dir.")
+
     def submit(self, recipe: str, config: str, output_dir: str, resume: bool = False) -> Job:
         with self.lock:
+            self.require_idle(output_dir)
             jid = job_id(output_dir)
-            old = self.jobs.get(jid)
-            if old is not None and old.state in ACTIVE:
-                raise UserError(f"{output_dir} is already {old.state}; stop it first or choose another output_dir.")
             job = Job(jid, recipe, config, output_dir, resume=resume)
             self.folder(jid).mkdir(parents=True, exist_ok=True)
             self.jobs[jid] = job

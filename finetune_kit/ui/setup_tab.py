@@ -18,6 +18,7 @@ import gradio as gr
 from finetune_kit import recipes
 from finetune_kit.errors import UserError
 from finetune_kit.ui import form
+from finetune_kit.ui.jobs import job_id
 from finetune_kit.ui.paths import CONFIG_SUFFIXES, inside_workspace, workspace_files
 from finetune_kit.yaml_config import read_yaml_config
 
@@ -114,23 +115,19 @@ def build(workspace: Path, queue) -> dict:
             return [gr.update(info=f"⚠ {message}", elem_classes=[ERROR_CLASS]) if f.name == bad
                     else gr.update(info=f.help or None, elem_classes=[]) for f in fields]
 
-        def checked(shown, launch: bool):
+        def checked(shown):
+            """(config, the YAML it was checked as, None) or (None, None, the one-line error). The YAML is a fresh
+            file: a run's own copy (.board/jobs/<run>/config.yaml, what Resume reads) is written only at launch."""
             try:
                 cfg = form.config_from_form(fields, shown, base, recipe_name)
-                if launch:
-                    out = str(cfg.get("output_dir") or "")
-                    if not out:
-                        raise UserError("config key 'output_dir': give the run folder (inside the workspace).")
-                    path = workspace / ".board" / "jobs" / _job_folder(out) / "config.yaml"
-                else:
-                    path = workspace / ".board" / "check" / f"{uuid.uuid4().hex}.yaml"
+                path = workspace / ".board" / "check" / f"{uuid.uuid4().hex}.yaml"
                 form.validate(workspace, recipe_name, cfg, path)
                 return cfg, path, None
             except UserError as err:
                 return None, None, str(err).splitlines()[0]
 
         def on_validate(*shown):
-            cfg, path, problem = checked(shown, launch=False)
+            _, path, problem = checked(shown)
             if problem:
                 return [f"**error:** {problem}", "", *updates(problem, shown)]
             text = full_check(workspace, recipe_name, path)
@@ -142,11 +139,18 @@ def build(workspace: Path, queue) -> dict:
             return [f"**valid** ({verdict})", text, *updates(None, shown)]
 
         def on_launch(*shown):
-            cfg, path, problem = checked(shown, launch=True)
+            cfg, path, problem = checked(shown)
+            if path is not None:
+                path.unlink(missing_ok=True)
             if problem:
                 return [f"**error:** {problem}", gr.update(), *updates(problem, shown)]
             try:
-                job = queue.submit(recipe_name, path.relative_to(workspace).as_posix(), _relative(cfg["output_dir"]))
+                if not cfg.get("output_dir"):
+                    raise UserError("config key 'output_dir': give the run folder (inside the workspace).")
+                output_dir = _relative(cfg["output_dir"])
+                queue.require_idle(output_dir)  # before its config copy is replaced
+                own = form.write_config(queue.folder(job_id(output_dir)) / "config.yaml", cfg)
+                job = queue.submit(recipe_name, own.relative_to(workspace.resolve()).as_posix(), output_dir)
             except UserError as err:
                 return [f"**error:** {err}", gr.update(), *updates(str(err), shown)]
             where = f"queued (#{queue.position(job.id)})" if job.state == "queued" else job.state
@@ -164,11 +168,6 @@ def build(workspace: Path, queue) -> dict:
 
     def _relative(output_dir: str) -> str:
         return inside_workspace(workspace, output_dir).relative_to(workspace.resolve()).as_posix()
-
-    def _job_folder(output_dir: str) -> str:
-        from finetune_kit.ui.jobs import job_id
-
-        return job_id(_relative(output_dir))
 
     def fresh_choices(recipe_name):  # a YAML written into the workspace since the board started
         return gr.update(choices=config_choices(workspace, recipe_name))
