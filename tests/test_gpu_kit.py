@@ -125,6 +125,14 @@ def test_a_step_past_its_time_box_is_recorded_and_the_run_goes_on(tmp_path):
     assert late["status"] == "skipped" and late["why"].startswith("budget")
 
 
+def test_an_unknown_step_name_stops_the_run_before_it_starts(tmp_path):
+    from benchmarks.gpu.run import main
+
+    with pytest.raises(SystemExit, match=r"unknown steps \['sft/llama-1b/ful/ours'\]"):
+        main(["--dry-run", "--out", str(tmp_path), "--steps", "matmul_peak,sft/llama-1b/ful/ours"])
+    assert not (tmp_path / "gpu_kit.json").exists()
+
+
 def test_liger_patches_to_the_llama_module_are_undone():
     from transformers.models.llama import modeling_llama
 

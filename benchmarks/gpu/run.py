@@ -1,5 +1,7 @@
-"""The device entry point: install the carried wheels into a temporary site folder, then run the matrix, each step
-time-boxed, writing $OUT/gpu_kit.json after every step (so a cut-short call still brings back what finished).
+"""The device entry point: installs the carried wheels into a temporary site folder, then runs the matrix.
+
+Each step is time-boxed, and $OUT/gpu_kit.json is written after every step (so a cut-short call still brings back
+what finished).
 
     python3 -m benchmarks.gpu run --out $OUT [--part all|1|2] [--budget 360] [--steps NAME,...]
     python -m benchmarks.gpu run --dry-run --out DIR      # on a CPU, tiny sizes, nothing installed
@@ -108,7 +110,7 @@ def run_step(step, ctx, deadline: float) -> dict:
     def stop(signum, frame):
         raise StepTimeout(f"stopped after {limit} s")
 
-    signal.signal(signal.SIGALRM, stop)
+    previous = signal.signal(signal.SIGALRM, stop)
     signal.alarm(limit)
     began = time.time()
     try:
@@ -120,6 +122,7 @@ def run_step(step, ctx, deadline: float) -> dict:
                   "traceback": traceback.format_exc()[-4000:]}
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         from benchmarks.gpu.arms import freed
 
         freed()
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     assets = ASSETS / "smollm2" if not opts.dry_run else Path(_local_assets())
     work = opts.work or (opts.out / "work" if opts.dry_run else Path("/tmp/gpukit-work"))
     ctx = matrix.Context(work=work, assets=assets, dry=opts.dry_run)
+    unknown = set(opts.steps.split(",") if opts.steps else []) - {s.name for s in matrix.steps()}
+    if unknown:  # a typo must not cost a device call
+        raise SystemExit(f"unknown steps {sorted(unknown)}; the matrix: {[s.name for s in matrix.steps()]}")
     chosen = [s for s in matrix.steps() if (not opts.steps or s.name in opts.steps.split(","))
               and in_part(s, opts.part)]
     report = {"command": "python3 -m benchmarks.gpu run " + " ".join(sys.argv[1:]), "started": time.strftime(
