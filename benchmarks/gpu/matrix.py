@@ -41,7 +41,7 @@ class Context:
     assets: Path  # SmolLM2's tokenizer, chat template and config
     dry: bool
     peak_flops: float | None = None
-    folders: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # model folders and data files, made once per run
 
     @property
     def sizes(self) -> dict:
@@ -50,20 +50,20 @@ class Context:
     def model(self, name: str) -> str:
         """The random model's folder, built on first use (bf16 on disk, built on the GPU where there is one)."""
         key = "tiny" if self.dry else name
-        if key not in self.folders:
-            self.folders[key] = str(random_model(self.work / "models" / key, self.assets, key))
-        return self.folders[key]
+        if key not in self.cache:
+            self.cache[key] = str(random_model(self.work / "models" / key, self.assets, key))
+        return self.cache[key]
 
     def data(self, kind: str, max_length: int) -> tuple[Path, float]:
         from transformers import AutoTokenizer
 
         key = f"{kind}-{max_length}"
-        if key not in self.folders:
+        if key not in self.cache:
             tokenizer = AutoTokenizer.from_pretrained(self.assets)
             make = arms.dpo_rows if kind == "dpo" else arms.sft_rows
             rows, context = make(tokenizer, self.sizes["rows"], max_length, seed=0)
-            self.folders[key] = (arms.write_rows(self.work / "data" / f"{key}.json", rows), context)
-        return self.folders[key]
+            self.cache[key] = (arms.write_rows(self.work / "data" / f"{key}.json", rows), context)
+        return self.cache[key]
 
     def setting(self, model: str, kind: str, out: str, max_length: int | None = None) -> arms.Setting:
         length = max_length or self.sizes["max_length"]
