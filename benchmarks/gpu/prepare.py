@@ -250,6 +250,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "if_too_large" in report:
         print("\nif the call is refused as too large (the tree grew), the same matrix in two calls: "
               "see if_too_large in .gpukit/prepared.json")
-    print("\nbefore the call, the whole matrix on this CPU (~3 min): python -m benchmarks.gpu run --dry-run --out "
+    print("\nbefore the call, the whole matrix on this CPU (~4 min on 2 busy cores): python -m benchmarks.gpu run --dry-run --out "
           "/tmp/gpukit-dry")
     return report
