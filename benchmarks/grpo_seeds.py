@@ -45,10 +45,10 @@ def main() -> None:
     run([*DEMO, "score", "--model", "smollm2-135m-instruct", "--test", TEST, "--save", "runs/grpo-seeds-before.json"],
         env)
     before = json.loads((ROOT / "runs/grpo-seeds-before.json").read_text())
-    runs, summary = [], {}
-    for precision in opts.precisions:
-        env = {**os.environ, "FINETUNE_KIT_BF16": precision}
-        for seed in opts.seeds:
+    runs = []
+    for seed in opts.seeds:  # seed by seed, both precisions each: a run cut short still compares the two
+        for precision in opts.precisions:
+            env = {**os.environ, "FINETUNE_KIT_BF16": precision}
             out = f"runs/grpo-arithmetic-bf16{precision}-seed{seed}"
             wall = run([*KIT, "train", "grpo", "--config", "grpo_arithmetic_smollm2", "--output_dir", out,
                         "--seed", str(seed), "--overwrite_output_dir", "true"], env)
@@ -61,7 +61,12 @@ def main() -> None:
                                                "after": metrics["after"]["eval_reward"]},
                          "guard": metrics.get("guard")})
             print(json.dumps(runs[-1]), flush=True)
-        summary[f"bf16={precision == '1'}"] = summarise([r for r in runs if r["bf16"] == (precision == "1")], before)
+            write(runs, before)  # after every run: a cut-short benchmark keeps what finished
+
+
+def write(runs: list[dict], before: dict) -> None:
+    summary = {f"bf16={bf16}": summarise([r for r in runs if r["bf16"] == bf16], before)
+               for bf16 in (True, False) if any(r["bf16"] == bf16 for r in runs)}
     result = {"name": "grpo_seeds", "command": "python benchmarks/grpo_seeds.py " + " ".join(sys.argv[1:]),
               "before": {k: before[k] for k in KEYS}, "summary": summary, "runs": runs, "machine": machine()}
     RESULTS.mkdir(exist_ok=True)

@@ -1,9 +1,11 @@
 """The `make grpo` demo: GRPO teaches SmolLM2-135M-Instruct to answer sums in a required format, rewarded by a program.
 
-Each prompt asks "What is 7 + 12? End your reply with the line 'Answer: <number>', for example 'Answer: 12'." (sums
-and differences of 1..15). The base model mostly replies "7 + 12 = 19" and rarely in the asked format. The rewards
-(`examples/arithmetic_rewards.py`): 0.5 when the reply ends with `Answer: <integer>`, 1 more when that integer is
-right; nothing judges style. Three disjoint sets of questions: training prompts, validation prompts (trl's evaluate
+Each prompt asks "What is 7 + 5? End your reply with the line 'Answer: <number>' (for 1 + 2: 'Answer: 3')." (sums
+and differences of 1..12). The base model mostly replies "7 + 5 = 12", right about a third of the time, and rarely
+in the asked format. The rewards (`examples/arithmetic_rewards.py`): 1 when the reply's last number is the right
+answer, 0.25 more when the reply ends with the line `Answer: <integer>`; nothing judges style. A first version gave
+0.5 for the format whatever the number, and an example 'Answer: 12' in the prompt: the policy learned to answer
+"Answer: 12" to everything (format 100%, right 0%), a reward hack; the right number now outweighs the format. Three disjoint sets of questions: training prompts, validation prompts (trl's evaluate
 scores them for the run's guard and keep_policy: best), and test questions, used only here: answered greedily
 before and after training and judged on three counts: exact (the format and the right number), format alone, and
 value (the last number in the reply is right, whatever the format; arithmetic skill apart from the format).
@@ -20,15 +22,15 @@ import random
 import re
 from pathlib import Path
 
-INSTRUCTION = "End your reply with the line 'Answer: <number>', for example 'Answer: 12'."
+INSTRUCTION = "End your reply with the line 'Answer: <number>' (for 1 + 2: 'Answer: 3')."
 QUESTION = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 FINAL = re.compile(r"(?:^|\n)\s*Answer:\s*(-?\d+)\s*\.?\s*$")
 SPLITS = {"validation": 32, "test": 64}  # the rest are training prompts
 
 
 def questions(seed: int = 0) -> dict[str, list[tuple[int, str, int]]]:
-    """Every a + b and a - b (a >= b) for a, b in 1..15, shuffled and split: no question is in two sets."""
-    pairs = [(a, op, b) for a in range(1, 16) for b in range(1, 16) for op in "+-" if op == "+" or a >= b]
+    """Every a + b and a - b (a >= b) for a, b in 1..12, shuffled and split: no question is in two sets."""
+    pairs = [(a, op, b) for a in range(1, 13) for b in range(1, 13) for op in "+-" if op == "+" or a >= b]
     random.Random(seed).shuffle(pairs)
     out, start = {}, 0
     for name, size in SPLITS.items():
@@ -66,10 +68,14 @@ def final_answer(reply: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def last_number(reply: str) -> int | None:
+    numbers = re.findall(r"-?\d+", reply)
+    return int(numbers[-1]) if numbers else None
+
+
 def judge(question, reply: str) -> dict[str, bool]:
-    right, numbers = truth(question), re.findall(r"-?\d+", reply)
-    given = final_answer(reply)
-    return {"exact": given == right, "format": given is not None, "value": bool(numbers) and int(numbers[-1]) == right}
+    right, given = truth(question), final_answer(reply)
+    return {"exact": given == right, "format": given is not None, "value": last_number(reply) == right}
 
 
 def summarise(results: list[dict]) -> dict:

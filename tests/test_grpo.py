@@ -186,9 +186,9 @@ def test_demo_question_sets_are_disjoint_and_cover_every_sum_and_difference(tmp_
     from finetune_kit import demo_grpo
 
     sets = demo_grpo.questions()
-    assert {k: len(v) for k, v in sets.items()} == {"validation": 32, "test": 64, "prompts": 249}
+    assert {k: len(v) for k, v in sets.items()} == {"validation": 32, "test": 64, "prompts": 126}
     every = [q for v in sets.values() for q in v]
-    assert len(set(every)) == len(every) == 15 * 15 + 15 * 16 // 2
+    assert len(set(every)) == len(every) == 12 * 12 + 12 * 13 // 2
     assert demo_grpo.questions() == sets  # seeded
     counts = demo_grpo.make_dataset(tmp_path)
     row = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])
@@ -211,7 +211,7 @@ def test_the_demo_judge_on_hand_written_replies(reply, exact, form, value):
     assert judge("What is 20 - 1?", reply)["exact"] is (reply.startswith("7 + 12") or reply == "Answer: 19.")
 
 
-def test_the_shipped_reward_functions_score_format_and_value_and_name_a_bad_prompt():
+def test_the_shipped_reward_functions_pay_the_right_number_above_the_format_and_name_a_bad_prompt():
     from finetune_kit.demo_grpo import prompt
     from finetune_kit.errors import UserError
     from finetune_kit.rl.rewards import RewardSources
@@ -219,6 +219,6 @@ def test_the_shipped_reward_functions_score_format_and_value_and_name_a_bad_prom
     rewards = RewardSources(None, ["examples/arithmetic_rewards.py:format_reward",
                                    "examples/arithmetic_rewards.py:correct_reward"])
     scores = rewards([prompt(3, "-", 5)] * 3, ["Answer: -2", "Answer: 2", "-2"])
-    assert scores.tolist() == [1.5, 0.5, 0.0]
+    assert scores.tolist() == [1.25, 0.25, 1.0]  # right and formatted; formatted, wrong; right, unformatted
     with pytest.raises(UserError, match=r"correct_reward raised ValueError: no 'What is a \+ b\?'"):
         rewards(["Tell me a joke"], ["Answer: 3"])
