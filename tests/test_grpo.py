@@ -131,8 +131,7 @@ def test_scores_before_and_after_and_saves_the_best_scored_step(grpo_setup, reci
     decisions = json.loads((out / "run_info.json").read_text())["decisions"]
     assert decisions["keep_policy"]["value"] == "best"
     assert (decisions.get("policy_step", {}).get("value") == guard["best_step"]) == (guard["best_step"] != last)
-    fp32_head = {"grpo": "cast_lm_head_to_fp32", "rloo": "fused_lm_head_fp32"}[recipe]
-    assert (fp32_head in decisions) == decisions["bf16"]["value"]
+    assert ("fused_lm_head_fp32" in decisions) == decisions["bf16"]["value"]
 
 
 def test_keep_policy_best_without_held_out_prompts_is_refused(grpo_setup):
@@ -145,38 +144,35 @@ def test_keep_policy_best_without_held_out_prompts_is_refused(grpo_setup):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
-def test_under_half_precision_log_probs_come_from_an_fp32_lm_head(tokenizer, trainer):
-    """Issue #25 for GRPO / RLOO: with bf16 autocast, grpo decides trl's cast_lm_head_to_fp32; rloo (no such key)
-    wraps trl's fused head again in fp32. Either way the log-probabilities are an fp32 matmul's (a bf16 one rounds
-    them by ~0.03 nats)."""
+def test_under_half_precision_log_probs_come_from_an_fp32_lm_head(tokenizer):
+    """Issue #25 for GRPO / RLOO: trl scores log-probabilities through a fused LM head; under bf16 autocast its matmul
+    rounds them (by ~0.03 nats); the recipes wrap it again in fp32, and the log-probabilities are an fp32 matmul's."""
     from types import SimpleNamespace
 
     from trl.trainer.utils import add_fused_lm_head
 
-    from finetune_kit.rl.guard import fp32_lm_head_decision
     from finetune_kit.rl.online import fused_head_in_fp32
-
-    assert fp32_lm_head_decision(SimpleNamespace(bf16=True, fp16=False), set()).value is True
-    assert fp32_lm_head_decision(SimpleNamespace(bf16=False, fp16=False), set()) is None
-    assert fp32_lm_head_decision(SimpleNamespace(bf16=True, fp16=False), {"cast_lm_head_to_fp32"}) is None
 
     peft_model = lora_model(tokenizer)
     model = peft_model.get_base_model()
-    if trainer == "grpo":  # what GRPOTrainer does with cast_lm_head_to_fp32: true
-        add_fused_lm_head(model, cast_lm_head_to_fp32=True)
-    else:  # what RLOOTrainer does, then the recipe
-        add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-        half = SimpleNamespace(bf16=True, fp16=False, temperature=1.0)
-        assert fused_head_in_fp32(SimpleNamespace(args=half, model=peft_model, ref_model=None)).value is True
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))  # what GRPOTrainer / RLOOTrainer do
     ids = torch.randint(0, len(tokenizer), (2, 12))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs
-        hidden = model.model(input_ids=ids).last_hidden_state
-    reference = torch.log_softmax(hidden.float() @ model.lm_head.weight.T, -1)[:, :-1]
-    reference = reference.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    assert fused.dtype == torch.float32
-    assert torch.allclose(fused[:, :reference.size(1)], reference, atol=1e-4)
+
+    def log_probs():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fused = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs
+            hidden = model.model(input_ids=ids).last_hidden_state
+        reference = torch.log_softmax(hidden.float() @ model.lm_head.weight.T, -1)[:, :-1]
+        return fused[:, :reference.size(1)], reference.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    fused, reference = log_probs()
+    assert not torch.allclose(fused.float(), reference, atol=1e-4)  # trl's head under autocast: bf16 rounding
+    fp32 = SimpleNamespace(bf16=False, fp16=False, temperature=1.0)
+    assert fused_head_in_fp32(SimpleNamespace(args=fp32, model=peft_model, ref_model=None)) is None
+    half = SimpleNamespace(bf16=True, fp16=False, temperature=1.0)
+    assert fused_head_in_fp32(SimpleNamespace(args=half, model=peft_model, ref_model=None)).value is True
+    fused, reference = log_probs()
+    assert fused.dtype == torch.float32 and torch.allclose(fused, reference, atol=1e-4)
 
 
 # --- the `make grpo` demo: questions, the judge and the shipped reward functions --------------------------------

@@ -26,8 +26,8 @@ from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
-from finetune_kit.rl.guard import fp32_lm_head_decision, keep_policy_decision
-from finetune_kit.rl.online import guarded_train
+from finetune_kit.rl.guard import keep_policy_decision
+from finetune_kit.rl.online import fused_head_in_fp32, guarded_train
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.trainer_setup import prepare_trainer
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
                                trust_remote_code=args.trust_remote_code)
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_prompt)
     rewards = RewardSources(cfg.rewards.reward_model, cfg.rewards.reward_functions, args.device)
-    decisions.add(cfg, keep_policy_decision(cfg.guard.keep_policy, eval_dataset is not None),
-                  fp32_lm_head_decision(args, decisions.user))
+    decisions.add(cfg, keep_policy_decision(cfg.guard.keep_policy, eval_dataset is not None))
 
     set_seed(args.seed)
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
@@ -58,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
+    if "cast_lm_head_to_fp32" not in decisions.user:  # trl's own key, where the user set it, decides alone
+        decisions.add(None, fused_head_in_fp32(trainer))
     # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
     decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))
     metrics = guarded_train(trainer, cfg, eval_dataset, resume, decisions)

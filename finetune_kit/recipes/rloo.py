@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=get_peft_config(cfg.model),
         callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)],
     )
-    # RLOOConfig has no cast_lm_head_to_fp32: under half-precision autocast its log-probabilities are scored by an
-    # fp32 head all the same (a recorded decision).
+    # Under half-precision autocast, log-probabilities from an fp32 LM head (a recorded decision; rl/online.py).
     decisions.add(None, fused_head_in_fp32(trainer))
     # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
     decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))

@@ -80,16 +80,6 @@ def keep_policy_decision(keep_policy: str | None, has_held_out: bool) -> Decisio
                     "eval_dataset_name for the guard)")
 
 
-def fp32_lm_head_decision(training_args, user: set[str]) -> Decision | None:
-    """Under bf16 / fp16 autocast, the LM head's matmul rounds the logits that log-probabilities, ratios and KL come
-    from (~0.03 nats at a logit of 8 in bf16, as large as one update's change: the bf16 collapse of issue #25). trl's
-    `cast_lm_head_to_fp32` scores them with autocast off in fp32, as our PPO does (rl/ppo.output_layer_in_fp32)."""
-    if "cast_lm_head_to_fp32" in user or not (training_args.bf16 or training_args.fp16):
-        return None
-    return Decision("cast_lm_head_to_fp32", True, "half-precision autocast: log-probabilities, ratios and KL from "
-                    "an fp32 LM head")
-
-
 class TrainableParams:
     """Snapshot and restore of a model's trainable weights: LoRA adapters, or every weight in full fine-tuning."""
 

@@ -43,9 +43,13 @@ def evaluate_seeded(trainer, seed: int) -> dict:
 
 
 def fused_head_in_fp32(trainer) -> Decision | None:
-    """For trl trainers without `cast_lm_head_to_fp32` (RLOO): under bf16 / fp16 autocast, wrap the fused LM head
-    that scores log-probabilities again with trl's own `add_fused_lm_head`, this time in fp32 with autocast off
-    (rl/guard.fp32_lm_head_decision says why). The outer wrapper answers every fused call; others pass through."""
+    """Under bf16 / fp16 autocast the LM head's matmul rounds the logits that log-probabilities, ratios and KL come
+    from (~0.03 nats at a logit of 8 in bf16, as large as one update's change: the bf16 collapse of issue #25). trl's
+    GRPO / RLOO score log-probabilities through a fused LM head (`add_fused_lm_head`, from `lm_head.weight`
+    directly); this wraps it again with trl's own function, in fp32 with autocast off, as our PPO's head
+    (rl/ppo.output_layer_in_fp32). The outer wrapper answers every fused call; others pass through. Not trl's
+    `cast_lm_head_to_fp32` key (grpo only): with LoRA and tied embeddings (SmolLM2) it fails in trl 1.16 looking
+    for `embed_tokens` on the wrong module."""
     from trl.trainer.utils import add_fused_lm_head
 
     args = trainer.args
