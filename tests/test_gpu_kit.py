@@ -1,9 +1,10 @@
 """The GPU check kit (benchmarks/gpu) on the CPU: its dry run trains through the main kinds of step it will run on
 a device, and its parts (travel plan, step time boxes, Liger's undoing, the MFU count, the summary) do what they say.
 
-The dry run here runs one step of each main code path (the matmul peak, our recipe, trl's SFTTrainer (tuned,
-QLoRA), a guard), to keep the suite short: the other steps of the matrix run the same code with other arguments,
-except trl's DPO arm (its trl calls are those of tests/test_bench_harness.py's DPO baseline) and the FSDP2 launch.
+The dry run here runs one step of each main code path (the matmul peak, our SFT recipe, trl's SFTTrainer (tuned,
+QLoRA), a guard, our DPO arm), to keep the suite short: the other steps of the matrix run the same code with other
+arguments, except trl's DPO arm (its trl calls are those of tests/test_bench_harness.py's DPO baseline) and the
+FSDP2 accelerate launch (75 s; FSDP2 itself is tests/test_fsdp_cpu.py).
 The whole matrix, the FSDP2 accelerate launch included, is `python -m benchmarks.gpu run --dry-run --out DIR`
 (~4 min on 2 busy cores; every step passed on 2026-12-02).
 """
@@ -23,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 COVERING = ["matmul_peak", "sft/llama-1b/full/ours", "sft/llama-1b/qlora/trl-tuned",
-            "guard/accumulation_1x8_equals_8x1"]  # in the matrix's order
+            "guard/accumulation_1x8_equals_8x1", "dpo/llama-1b/lora/ours"]  # in the matrix's order
 
 
 def test_dry_run_trains_one_step_of_each_kind_and_writes_the_report(tmp_path):
