@@ -276,3 +276,25 @@ def test_a_token_guards_the_board(tmp_path):
     finally:
         board.terminate()
         board.wait(timeout=30)
+
+
+def test_the_predict_box_labels_each_line_with_a_classifier_run_and_names_bad_input(workspace, tiny_bert_dir):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from finetune_kit.ui.chat_tab import predictions
+
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2, id2label={0: "neg", 1: "pos"},
+                                                          label2id={"neg": 0, "pos": 1})
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([-4.0, 4.0]))  # every text is "pos", with probability ~0.9997
+    run = workspace / "runs" / "cls"
+    model.save_pretrained(run)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(run)
+
+    answer = json.loads(predictions(workspace, "runs/cls", "a fine film\n\nthe worst plot"))
+    assert [a["text"] for a in answer] == ["a fine film", "the worst plot"]  # blank lines dropped
+    assert {a["label"] for a in answer} == {"pos"} and all(a["score"] > 0.99 for a in answer)
+    assert json.loads(predictions(workspace, "runs/cls", "  \n")) == {"error": "give one or more texts, one per line."}
+    assert "'..' is not allowed" in json.loads(predictions(workspace, "../outside", "text"))["error"]

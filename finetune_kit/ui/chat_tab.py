@@ -102,18 +102,21 @@ def build(workspace: Path, queue) -> None:
         predict_btn = gr.Button("Predict", elem_id="predict-button")
         result = gr.Code(language="json", label="predictions", elem_id="predict-result")
 
-    def on_predict(name, texts):
-        from finetune_kit.predict import classify, tag
+    predict_btn.click(lambda name, texts: predictions(workspace, name, texts), [classifier, text], result)
 
-        try:
-            lm, tokenizer = loaded(workspace, name)
-            lines = [t for t in (texts or "").splitlines() if t.strip()]
-            if not lines:
-                raise UserError("give one or more texts, one per line.")
-            tagger = "TokenClassification" in type(lm).__name__
-            results = tag(lm, tokenizer, lines) if tagger else classify(lm, tokenizer, lines)
-            return json.dumps([{"text": t, **r} for t, r in zip(lines, results)], indent=1)
-        except UserError as err:
-            return json.dumps({"error": str(err).splitlines()[0]})
 
-    predict_btn.click(on_predict, [classifier, text], result)
+def predictions(workspace: Path, name: str, texts: str | None) -> str:
+    """The predict box's answer as JSON: a label (and score) per line for a text classifier, entities per line for a
+    token classifier; a bad run or empty input as {"error": ...} (one line)."""
+    from finetune_kit.predict import classify, tag
+
+    try:
+        lm, tokenizer = loaded(workspace, name)
+        lines = [t for t in (texts or "").splitlines() if t.strip()]
+        if not lines:
+            raise UserError("give one or more texts, one per line.")
+        tagger = "TokenClassification" in type(lm).__name__
+        results = tag(lm, tokenizer, lines) if tagger else classify(lm, tokenizer, lines)
+        return json.dumps([{"text": t, **r} for t, r in zip(lines, results)], indent=1)
+    except UserError as err:
+        return json.dumps({"error": str(err).splitlines()[0]})
