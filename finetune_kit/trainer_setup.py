@@ -93,3 +93,40 @@ def seeded_length_grouping(trainer) -> None:
         return sampler
 
     trainer._get_train_sampler = _get_train_sampler
+
+
+class LoopEvents:
+    """The driver callbacks' events for a training loop of our own (PPO), which no transformers Trainer runs.
+
+    A driver (the board's progress writer, `tune`) sees such a loop as it sees a Trainer: on_train_begin, then
+    on_step_end and on_log once per optimizer step, then on_train_end, with a real TrainerState / TrainerControl. The
+    loop honours what a callback asks through the control: should_save (a checkpoint of this step) and
+    should_training_stop (the loop ends after it).
+    """
+
+    def __init__(self, args, step: int, max_steps: int, is_main: bool):
+        from transformers import TrainerControl, TrainerState
+
+        self.args, self.callbacks = args, list(_DRIVER_CALLBACKS)
+        self.state = TrainerState(global_step=step, max_steps=max_steps, is_world_process_zero=is_main,
+                                  is_local_process_zero=is_main)
+        self.control = TrainerControl()
+
+    def _call(self, event: str, **kwargs) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self.args, self.state, self.control, **kwargs)
+
+    def begin(self) -> None:
+        self._call("on_train_begin")
+
+    def step(self, step: int, logs: dict):
+        """This optimizer step's events; returns the control (what the callbacks asked for)."""
+        self.state.global_step, self.state.epoch = step, None
+        self.state.log_history.append(dict(logs))
+        self.control.should_save = False
+        self._call("on_step_end")
+        self._call("on_log", logs=dict(logs))
+        return self.control
+
+    def end(self) -> None:
+        self._call("on_train_end")

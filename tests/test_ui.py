@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import chat_rows, write_jsonl
+
 from finetune_kit import recipes
 from finetune_kit.errors import UserError
 from finetune_kit.ui import form, run_view
@@ -298,3 +298,149 @@ def test_the_predict_box_labels_each_line_with_a_classifier_run_and_names_bad_in
     assert {a["label"] for a in answer} == {"pos"} and all(a["score"] > 0.99 for a in answer)
     assert json.loads(predictions(workspace, "runs/cls", "  \n")) == {"error": "give one or more texts, one per line."}
     assert "'..' is not allowed" in json.loads(predictions(workspace, "../outside", "text"))["error"]
+
+
+def _stubborn(ignores: tuple[str, ...]):
+    """A run that ignores the signals named (SIGINT: a run that never reaches the end of its step)."""
+    def command(job, progress):
+        code = ("import signal, sys, time\n"
+                f"for name in {ignores!r}: signal.signal(getattr(signal, name), signal.SIG_IGN)\n"
+                "open(sys.argv[1], 'w').write('ready')\ntime.sleep(120)")
+        return [sys.executable, "-c", code, str(Path(progress).parent / "ready")]
+    return command
+
+
+@pytest.mark.parametrize("ignores, ended_by", [(("SIGINT",), "SIGTERM"), (("SIGINT", "SIGTERM"), "SIGKILL")])
+def test_a_stop_the_run_ignores_escalates_to_sigterm_then_sigkill(tmp_path, monkeypatch, ignores, ended_by):
+    import signal
+
+    from finetune_kit.ui import jobs
+
+    monkeypatch.setattr(jobs, "STOP_GRACE_S", 0.5)
+    queue = JobQueue(tmp_path, command_for=_stubborn(ignores), poll_s=0.05)
+    try:
+        job = queue.submit("sft", "a.yaml", "runs/a")
+        _wait_for(lambda: (queue.folder(job.id) / "ready").is_file())
+        queue.stop(job.id)
+        time.sleep(0.3)
+        assert job.state == jobs.STOPPING and queue.procs[job.id].poll() is None  # SIGINT ignored, still inside grace
+        _wait_for(lambda: job.state == STOPPED)
+        assert job.returncode == -getattr(signal, ended_by)
+    finally:
+        queue.close()
+
+
+def test_a_workspace_deleted_under_the_board_is_a_one_line_error(tmp_path):
+    import shutil
+
+    from finetune_kit.ui import app
+    from finetune_kit.ui.data_tab import check_report
+
+    root = tmp_path / "ws"
+    _finished_run(root / "runs" / "done", 0.5)
+    queue = JobQueue(root, command_for=_sleeper(0), poll_s=0.05)
+    try:
+        board = app.build_board(root, queue)
+        refresh = next(f.fn for f in board.fns.values() if f.fn.__name__ == "refresh")
+        assert refresh("runs/done", None)[7].startswith("2 loss points, last 0.5 at step 2")
+        shutil.rmtree(root)
+        for problem in (lambda: inside_workspace(root, "runs/done"),
+                        lambda: queue.submit("sft", "a.yaml", "runs/a")):
+            with pytest.raises(UserError, match="no longer exists") as err:
+                problem()
+            assert "\n" not in str(err.value) and str(root) in str(err.value)
+        queue.advance()  # the queue goes on without raising
+        shown = refresh("runs/done", None)
+        assert "no longer exists" in shown[3] and len(shown) == 10
+        assert check_report(root, "sft", "data/x.jsonl", "m").startswith("error: the workspace")
+    finally:
+        queue.close()
+
+
+def test_the_metric_chart_shows_evaluation_metrics_and_rewards():
+    history = [{"loss": 1.0, "learning_rate": 1e-3, "step": 1},
+               {"eval_loss": 0.9, "eval_accuracy": 0.6, "eval_f1": 0.5, "eval_runtime": 3.0,
+                "eval_samples_per_second": 9.0, "step": 2},
+               {"eval_loss": 0.8, "eval_accuracy": 0.7, "eval_f1": 0.65, "step": 4},
+               {"train_runtime": 9.0, "train_loss": 0.9, "step": 4}]
+    series = run_view.metric_series(history)
+    assert series == {"eval_accuracy": [(2, 0.6), (4, 0.7)], "eval_f1": [(2, 0.5), (4, 0.65)]}
+    assert [ax.get_title() for ax in run_view.metrics_figure(history).axes] == ["eval_accuracy", "eval_f1"]
+    ppo = [{"step": s, "reward_mean": 0.1 * s, "kl": 0.01 * s, "policy_loss": -0.1, "updates": 4} for s in (1, 2)]
+    assert list(run_view.metric_series(ppo)) == ["reward_mean", "kl", "policy_loss"]
+    assert run_view.metrics_figure(history[:1]) is None  # nothing evaluated yet: no chart
+
+
+def test_the_data_tab_counts_labels_by_name_and_checks_rows(workspace, monkeypatch):
+    from finetune_kit.ui.data_tab import check_report, preview
+
+    monkeypatch.chdir(workspace)  # as the board runs: relative paths of a config mean the workspace
+
+    write_jsonl(workspace / "data" / "sentiment.jsonl",
+                [{"text": f"text {i}", "label": "pos" if i % 3 else "neg"} for i in range(9)])
+    status, _, table = preview(workspace, "text_classification", "data/sentiment.jsonl", "m", 5)
+    assert status.startswith("9 rows, single_label_classification, 2 labels")
+    assert dict(zip(table["label"], table["rows"])) == {"pos": 6, "neg": 3}  # names, not label ids
+    write_jsonl(workspace / "data" / "ner.jsonl", [{"tokens": ["Ada", "lives", "in", "Paris"],
+                                                    "tags": ["B-PER", "O", "O", "B-LOC"]}] * 3)
+    status, _, table = preview(workspace, "token_classification", "data/ner.jsonl", "m", 5)
+    assert status.startswith("3 rows, 3 tags") and dict(zip(table["label"], table["tokens"])) == \
+        {"O": 6, "B-PER": 3, "B-LOC": 3}
+    from PIL import Image
+
+    for name, count in (("cat", 3), ("dog", 2)):
+        (workspace / "pics" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(workspace / "pics" / name / f"{i}.png")
+    status, _, table = preview(workspace, "image_classification", "pics", "m", 5)
+    assert status.startswith("5 images, 2 classes") and dict(zip(table["label"], table["images"])) == \
+        {"cat": 3, "dog": 2}
+    # The Check button: `finetune-kit check`'s preflight names the bad row of the file.
+    write_jsonl(workspace / "data" / "broken.jsonl", [{"text": "fine", "label": "pos"}, {"text": "no label"}])
+    report = check_report(workspace, "text_classification", "data/broken.jsonl", "m")
+    assert report.startswith("error:") and "broken.jsonl line 2" in report and "label" in report, report
+    with pytest.raises(UserError, match="broken.jsonl line 2"):
+        preview(workspace, "text_classification", "data/broken.jsonl", "m", 5)
+
+
+def test_a_ppo_run_shows_progress_and_stops_resumably_from_the_board(tmp_path, tiny_model_dir):
+    """Our PPO loop is no transformers Trainer: the board's progress writer and Stop reach it all the same."""
+    import signal
+
+    from conftest import run_recipe, write_config
+    from transformers import TrainerCallback
+
+    from finetune_kit.trainer_setup import driver_callbacks
+    from finetune_kit.ui.worker import progress_callback
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}"} for w in ("apple", "river", "stone")] * 4)
+    (tmp_path / "rewards.py").write_text("def length(prompts, answers):\n    return [len(a) / 20 for a in answers]\n")
+    config = write_config(tmp_path / "c.yaml", {
+        "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
+        "max_steps": 4, "rollout_batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4, "save_steps": 10,
+        "logging_steps": 1, "report_to": "none", "reward_functions": [f"{tmp_path / 'rewards.py'}:length"],
+        "output_dir": str(tmp_path / "out")})
+    progress = progress_callback(str(tmp_path / "progress.jsonl"))
+
+    class StopAt2(TrainerCallback):  # the board's Stop button, pressed during step 2
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                progress.on_signal(signal.SIGINT, None)
+
+    with driver_callbacks(StopAt2(), progress), pytest.raises(KeyboardInterrupt):
+        run_recipe("ppo", ["--config", config])
+    events = run_view.progress_events(tmp_path / "progress.jsonl")
+    assert [(e["event"], e["step"]) for e in events if e["event"] != "log"] == \
+        [("begin", 0), ("step", 1), ("step", 2), ("stopped", 2)]
+    assert all("reward_mean" in e["logs"] for e in events if e["event"] == "log")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"] and not (out / "run_info.json").exists()
+    shown = run_view.metric_series(run_view.history(out, tmp_path / "progress.jsonl"))
+    assert [len(v) for k, v in shown.items() if k in ("reward_mean", "kl")] == [2, 2]  # the live chart's points
+
+    resumed = progress_callback(str(tmp_path / "resumed.jsonl"))
+    with driver_callbacks(resumed):
+        run_recipe("ppo", ["--config", config, "--resume_from_checkpoint", "latest"])
+    steps = [(e["event"], e["step"]) for e in run_view.progress_events(tmp_path / "resumed.jsonl")
+             if e["event"] != "log"]
+    assert steps == [("begin", 2), ("step", 3), ("step", 4)] and (out / "run_info.json").is_file()

@@ -44,14 +44,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(ws: Path, name: str, output_dir: str, steps: int) -> None:
+def _config(ws: Path, name: str, output_dir: str, steps: int, **more) -> None:
     # Rows of ~70 tokens at batch 2: cheap steps, yet a few tenths of a second each, so a Stop sent after the first
     # step lands well before the tenth.
     write_config(ws / name, {"recipe": "sft", "model_name_or_path": "models/tiny", "dataset_name": "data/chat.jsonl",
                              "output_dir": output_dir, "use_peft": True, "lora_r": 8, "lora_alpha": 16,
                              "learning_rate": 0.03, "max_steps": steps, "per_device_train_batch_size": 2,
                              "max_length": 96, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-                             "seed": 0})
+                             "seed": 0, **more})
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,8 @@ def workspace(tmp_path_factory, tiny_model_dir) -> Path:
         {"messages": [{"role": "user", "content": f"Say {w} many times"},
                       {"role": "assistant", "content": " ".join([w] * 60)}]}
         for w in (WORDS[i % len(WORDS)] for i in range(64))])
-    _config(ws, "tiny_a.yaml", "runs/tiny-a", 10)
+    # Evaluated at steps 5 and 10 on a quarter of the rows: the metric chart has points to draw.
+    _config(ws, "tiny_a.yaml", "runs/tiny-a", 10, eval_split_ratio=0.25, eval_strategy="steps", eval_steps=5)
     _config(ws, "tiny_b.yaml", "runs/tiny-b", 2)
     return ws
 
@@ -237,7 +238,10 @@ def test_two_tabs_launch_stop_resume_finish_report(page, board, browser, shots, 
     assert "Resuming from" in log and f"checkpoint-{stopped_at}" in log
     steps = [e["step"] for e in map(json.loads, progress.read_text().splitlines()) if e["event"] == "step"]
     assert steps == list(range(1, 11))  # every step once: the resume continued exactly where it stopped
-    assert "at step 10" in a.locator("#curve-summary").inner_text()
+    summary = a.locator("#curve-summary").inner_text()
+    evals = re.search(r"eval_mean_token_accuracy (\d+) points", summary)  # steps 5, 10, and the recipe's final one
+    assert "at step 10" in summary and evals and int(evals.group(1)) >= 2, summary
+    a.wait_for_selector("#metric-plot img")  # the evaluation metrics drawn
     a.screenshot(path=shots / "runs-finished.png")
 
     a.locator("#report-button").click()

@@ -31,6 +31,7 @@ from finetune_kit.rl.guard import BestPolicy, keep_policy_decision, kl_exceeded
 from finetune_kit.rl.ppo import PolicyWithValue, PPOTrainer
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import Replacement, check_output_dir, finish_run
+from finetune_kit.trainer_setup import LoopEvents
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,19 +81,27 @@ def main(argv: list[str] | None = None) -> dict:
             metrics["before"] = trainer.evaluate(held_out["prompt"], eval_ids, eval_seed)
         if guard:
             score_for_guard()
+        # A driver's callbacks (the board's progress lines and Stop, `tune`) see this loop as they see a Trainer.
+        events = LoopEvents(args, trainer.step, args.max_steps, accelerator.is_main_process)
+        events.begin()
         while trainer.step < args.max_steps and stop is None:
             log = trainer.train_step()
             replacement.first_step_done()
+            control = events.step(trainer.step, log)
             if accelerator.is_main_process and (trainer.step % args.logging_steps == 0 or trainer.step == 1):
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
-            if args.save_strategy == "steps" and trainer.step % args.save_steps == 0 and trainer.step < args.max_steps:
+            due_save = args.save_strategy == "steps" and trainer.step % args.save_steps == 0
+            if control.should_save or (due_save and trainer.step < args.max_steps):
                 trainer.save_checkpoint(args.output_dir)
+            if control.should_training_stop:
+                break
             stop = kl_exceeded(log, guarding.kl_ceiling)
             due = guard and (trainer.step % guarding.guard_eval_steps == 0 or trainer.step == args.max_steps)
             if stop is None and due:
                 stop = score_for_guard()
         if stop and accelerator.is_main_process:
             print(f"guard: {stop}: the run stops at step {trainer.step}.")
+        events.end()  # a stop a callback asked for ends the run here (the board's Stop: as Ctrl-C, resumable)
     if guard:
         metrics["guard"] = {"held_out_reward_by_step": guard_scores, "best_step": guard.step, "stopped": stop}
         if guarding.keep_policy == "best":

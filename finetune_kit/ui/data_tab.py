@@ -2,8 +2,8 @@
 
 Rows go through the recipe's own reader and normaliser (format detection included), then: for SFT, the chat
 template's rendering with the part that carries loss marked (the same spans the recipe masks with,
-data.chat.assistant_spans); for preference data, prompt / chosen / rejected; for text classification, the label
-counts after the task's own validation.
+data.chat.assistant_spans); for preference data, prompt / chosen / rejected; for text, token and image classification,
+the label counts after the task's own validation.
 """
 
 from __future__ import annotations
@@ -56,6 +56,56 @@ def marked_rows(rows: list[dict], tokenizer) -> list[tuple[str, str | None]]:
     return [p for p in pieces if p[0]]
 
 
+LABELLED = ("text_classification", "token_classification", "image_classification")
+
+
+def label_counts(recipe: str, path: Path):
+    """(status, table of label -> count) of a classification file, read and validated by the recipe's own reader
+    (the one its preflight runs): rows per class; for token classification, tokens per tag."""
+    from finetune_kit.preflight import config_view
+
+    cfg = config_view(recipes.key_index(recipes.get(recipe))["fields"], {"dataset_name": str(path)})
+    counts: collections.Counter = collections.Counter()
+    if recipe == "token_classification":
+        from finetune_kit.tasks.tokens import tagged_rows
+
+        rows, _, _, names = tagged_rows(cfg)
+        counts.update(tag for row in rows for tag in row["tags"])
+        status, unit = f"{len(rows)} rows, {len(names)} tags", "tokens"
+    elif recipe == "image_classification":
+        from finetune_kit.tasks.images import labelled_images
+
+        _, examples, names = labelled_images(cfg)
+        counts.update(names[e["label"]] for e in examples)
+        status, unit = f"{len(examples)} images, {len(names)} classes", "images"
+    else:
+        from finetune_kit.tasks.classification import MULTI, REGRESSION, labelled_examples
+
+        _, examples, problem, names = labelled_examples(cfg)
+        train = examples["train"]
+        if problem == REGRESSION:
+            scores = [e["label"] for e in train]
+            return f"{len(train)} rows, regression: scores {min(scores):g} to {max(scores):g}", None, None
+        for example in train:  # the labels are ids (single) or 0/1 vectors (multi) by now: counted by name
+            counts.update([n for n, on in zip(names, example["label"]) if on] if problem == MULTI
+                          else [names[example["label"]]])
+        status, unit = f"{len(train)} rows, {problem}, {len(names)} labels", "rows"
+    table = pd.DataFrame([{"label": k, unit: v} for k, v in counts.most_common()])
+    return f"{status}; {unit} per label:", None, table
+
+
+def check_report(workspace: Path, recipe: str, data: str, model: str) -> str:
+    """`finetune-kit check` of the recipe's defaults with this data file and model: the Check button's report."""
+    config = {"recipe": recipe, "model_name_or_path": model, "dataset_name": data or "",
+              "output_dir": ".board/check-run"}
+    path = workspace / ".board" / "check" / "data-check.yaml"
+    try:
+        form.validate(workspace, recipe, config, path)
+    except UserError as err:
+        return f"error: {err}"
+    return full_check(workspace, recipe, path)
+
+
 def preview(workspace: Path, recipe: str, data: str, model: str, count: int):
     """(status, highlighted SFT rows, table of rows) for the first `count` rows of `data`."""
     from finetune_kit.config_plain import DataArguments
@@ -72,15 +122,8 @@ def preview(workspace: Path, recipe: str, data: str, model: str, count: int):
                 marked_rows(shown, _tokenizer(model)), None
         table = pd.DataFrame([{k: _text(v) if isinstance(v, list) else v for k, v in r.items()} for r in shown])
         return f"{len(rows)} rows, every row valid ({row.rows}):", None, table
-    if recipe == "text_classification":
-        from finetune_kit.preflight import config_view
-        from finetune_kit.tasks.classification import labelled_examples
-
-        cfg = config_view(recipes.key_index(row)["fields"], {"dataset_name": str(path)})
-        _, examples, problem, names = labelled_examples(cfg)
-        counts = collections.Counter(str(e["label"]) for e in examples["train"])
-        table = pd.DataFrame([{"label": k, "rows": v} for k, v in counts.most_common()])
-        return f"{len(examples['train'])} rows, {problem}, labels {', '.join(map(str, names or []))}:", None, table
+    if recipe in LABELLED:
+        return label_counts(recipe, path)
     from finetune_kit.data.readers import read_rows
 
     rows = read_rows(str(path))
@@ -115,14 +158,7 @@ def build(workspace: Path) -> None:
         return text, pieces, frame
 
     def on_check(recipe_name, data_file, model_name):
-        config = {"recipe": recipe_name, "model_name_or_path": model_name, "dataset_name": data_file or "",
-                  "output_dir": ".board/check-run"}
-        path = workspace / ".board" / "check" / "data-check.yaml"
-        try:
-            form.validate(workspace, recipe_name, config, path)
-        except UserError as err:
-            return f"error: {err}"
-        return full_check(workspace, recipe_name, path)
+        return check_report(workspace, recipe_name, data_file, model_name)
 
     preview_btn.click(on_preview, [recipe, data, model, count], [status, marked, table])
     check_btn.click(on_check, [recipe, data, model], report)

@@ -22,7 +22,7 @@ import yaml
 
 from finetune_kit import recipes
 from finetune_kit.errors import UserError
-from finetune_kit.ui.paths import inside_workspace
+from finetune_kit.ui.paths import existing_workspace, inside_workspace
 from finetune_kit.yaml_config import RECIPE_KEY, TUNE_KEY
 
 GROUPS = ("Model", "Data", "LoRA / quantization", "Task", "Training", "Training: more keys")
@@ -140,6 +140,7 @@ def config_from_form(fields: list[FormField], shown: list[Any], base: dict[str, 
 
 def confine_paths(workspace: Path, config: dict[str, Any]) -> None:
     """Refuse a config whose path keys point outside the workspace (the message names the key)."""
+    existing_workspace(workspace)  # a workspace gone is its own error, not one of the first path key's
     for key, value in config.items():
         if not _PATH_KEY.match(key) or value is None:
             continue

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from finetune_kit.errors import UserError
 from finetune_kit.files import write_atomic
+from finetune_kit.ui.paths import existing_workspace
 
 BOARD_DIR = ".board"
 QUEUED, RUNNING, STOPPING, FINISHED, STOPPED, FAILED, LOST = (
@@ -99,6 +100,7 @@ class JobQueue:
             raise UserError(f"{output_dir} is already {old.state}; stop it first or choose another output_dir.")
 
     def submit(self, recipe: str, config: str, output_dir: str, resume: bool = False) -> Job:
+        existing_workspace(self.workspace)
         with self.lock:
             self.require_idle(output_dir)
             jid = job_id(output_dir)
@@ -160,7 +162,8 @@ class JobQueue:
                     job.state = FINISHED if finished else STOPPED if job.state == STOPPING else FAILED
                     job.ended = time.time()
                     self._save(job)
-            for job in sorted(self.jobs.values(), key=lambda j: j.created):
+            # A workspace deleted under the board: queued jobs wait (they would start in a folder that is gone).
+            for job in sorted(self.jobs.values(), key=lambda j: j.created) if self.workspace.is_dir() else []:
                 if len(self.procs) + len(self.detached) >= self.parallel:
                     break
                 if job.state == QUEUED:
@@ -195,6 +198,8 @@ class JobQueue:
         return self.jobs[jid]
 
     def _save(self, job: Job) -> None:
+        if not self.workspace.is_dir():  # deleted under the board: the job's state lives on in memory only
+            return
         write_atomic(self.folder(job.id) / "job.json", json.dumps(asdict(job), indent=1))
 
     def _load(self) -> list[Job]:

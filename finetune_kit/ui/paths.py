@@ -12,12 +12,21 @@ from pathlib import Path, PurePath
 from finetune_kit.errors import UserError
 
 
+def existing_workspace(workspace: Path) -> Path:
+    """The workspace folder, resolved; a one-line error when it was deleted or moved while the board ran."""
+    root = Path(workspace).resolve()
+    if not root.is_dir():
+        raise UserError(f"the workspace {root} no longer exists (deleted or moved while the board ran); restore it, "
+                        "or restart the board with --workspace DIR.")
+    return root
+
+
 def inside_workspace(workspace: Path, value: str | Path) -> Path:
     """The absolute, link-free path of `value` (relative to the workspace, or absolute inside it)."""
     text = str(value).strip()
     if not text or "\x00" in text:
         raise UserError(f"path {text!r}: give a file or folder inside the workspace {workspace}.")
-    root = Path(workspace).resolve()
+    root = existing_workspace(workspace)
     given = PurePath(text)
     # `..` is refused even where it would land back inside: a path that climbs is a mistake or an attack, never needed.
     if ".." in given.parts:

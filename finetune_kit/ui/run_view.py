@@ -155,6 +155,38 @@ def compare_figure(histories: dict[str, list[dict]], key: str):
     return fig
 
 
+# The metric chart: the evaluation metrics a recipe reports (eval_accuracy, eval_f1, eval_reward, ...; eval_loss is on
+# the loss chart) and the online-RL quantities logged at every step (PPO's mean reward and KL, the preference losses'
+# reward margin and accuracy).
+STEP_METRICS = ("reward", "reward_mean", "kl", "rewards/margins", "rewards/accuracies", "policy_loss", "value_loss")
+
+
+def metric_series(rows_of_run: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """The (step, value) points of each metric the metric chart shows, in a stable order."""
+    series = _series(rows_of_run)
+    keys = sorted(k for k in series if k.startswith("eval_") and k != "eval_loss")
+    keys += [k for k in STEP_METRICS if k in series]
+    return {k: series[k] for k in keys}
+
+
+def metrics_figure(rows_of_run: list[dict], most: int = 4):
+    """One small panel per metric (their scales differ), at most `most`; None when nothing is logged yet."""
+    from finetune_kit.report import _figure_of
+
+    shown = list(metric_series(rows_of_run).items())[:most]
+    if not shown:
+        return None
+    fig = _figure_of(3.2 * len(shown), 2.8)
+    for ax, (key, points) in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown):
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def progress_text(progress: Path | None, job_state: str | None, now: float | None = None) -> str:
     """`step 6 / 10 (60%), 1.2 s/step, about 5 s left` from the worker's progress lines."""
     events = progress_events(progress) if progress else []

@@ -18,7 +18,7 @@ import pandas as pd
 from finetune_kit.errors import UserError
 from finetune_kit.ui import run_view
 from finetune_kit.ui.jobs import job_id
-from finetune_kit.ui.paths import inside_workspace
+from finetune_kit.ui.paths import existing_workspace, inside_workspace
 
 REFRESH_S = 1.0
 LOSS_KEYS, LR_KEYS = ("loss", "eval_loss"), ("learning_rate",)
@@ -42,31 +42,44 @@ def build(workspace: Path, queue) -> dict:
     def run_names() -> list[str]:
         return [row[0] for row in run_view.runs_table(root, queue)]
 
-    def watched(run: str | None):
-        """Progress, loss plot, learning-rate plot, curve summary, log tail of the watched run."""
+    def watched(run: str | None, drawn=None):
+        """Progress, loss plot, learning-rate plot, metric chart, curve summary, log tail of the watched run, and
+        what the metric chart now shows (a session's state: the chart is redrawn only when its points change)."""
         if not run:
-            return "pick a run", _frame([]), _frame([]), "", ""
+            return "pick a run", _frame([]), _frame([]), None, "", "", None
         folder = inside_workspace(root, run)
         progress, log, state = run_view.board_paths(root, queue, run)
-        rows = run_view.curve_rows({run: run_view.history(folder, progress)})
+        rows_of_run = run_view.history(folder, progress)
+        rows = run_view.curve_rows({run: rows_of_run})
         # Every series the chart may ever show is in its first data (a null point where none is logged yet): gradio's
         # LinePlot keeps the series of its first data and would never draw eval_loss appearing at the first eval.
         loss = [r for r in rows if r["series"] in LOSS_KEYS] + [{"step": 0, "value": None, "series": k}
                                                                for k in LOSS_KEYS]
         lr = [r for r in rows if r["series"] in LR_KEYS]
+        metrics = run_view.metric_series(rows_of_run)
+        points = (run, tuple((k, len(v)) for k, v in metrics.items()))
+        chart = gr.update() if points == drawn else run_view.metrics_figure(rows_of_run)
         text = run_view.progress_text(progress, state) if progress else ""
         status = f"**{state}**" if state else ""
         tail = run_view.log_tail(log) if log else "(not launched from this board: no log here)"
+        summary = "; ".join([_curve_summary(rows)] + [f"{k} {len(v)} points, last {v[-1][1]:.4g}"
+                                                      for k, v in metrics.items()])
         return " · ".join(filter(None, [status, text])) or "finished outside the board", _frame(loss), _frame(lr), \
-            _curve_summary(rows), tail
+            chart, summary, tail, points
 
-    def refresh(run):
+    def refresh(run, drawn):
         # The run picker's choices follow the workspace, its value only the user: a tick that left before a pick
         # would otherwise put the old value back.
-        table = run_view.runs_table(root, queue)
-        names = [row[0] for row in table]
+        try:
+            existing_workspace(root)
+            table = run_view.runs_table(root, queue)
+            names = [row[0] for row in table]
+            shown = watched(run if run in names else None, drawn)
+        except UserError as err:  # the workspace deleted under the board, a run folder gone mid-read: say so
+            return (gr.update(), gr.update(), gr.update(), f"**error:** {err}", gr.update(), gr.update(), gr.update(),
+                    gr.update(), gr.update(), drawn)
         return (pd.DataFrame(table, columns=run_view.COLUMNS), gr.update(choices=names), gr.update(choices=names),
-                *watched(run if run in names else None))
+                *shown)
 
     timer = gr.Timer(REFRESH_S)
     table = gr.Dataframe(pd.DataFrame([], columns=run_view.COLUMNS), label="runs", interactive=False,
@@ -84,6 +97,8 @@ def build(workspace: Path, queue) -> dict:
         loss_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", title="loss", elem_id="loss-plot")
         lr_plot = gr.LinePlot(_frame([]), x="step", y="value", color="series", title="learning rate",
                               elem_id="lr-plot")
+    metric_plot = gr.Plot(label="evaluation metrics and rewards", elem_id="metric-plot")
+    drawn = gr.State(None)
     log = gr.Textbox(label="log tail", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="log-tail")
     with gr.Accordion("Report", open=True):
         report_file = gr.File(label="report.html", elem_id="report-file")
@@ -96,9 +111,16 @@ def build(workspace: Path, queue) -> dict:
         compare_plot = gr.Plot(label="compare", elem_id="compare-plot")
         compare_summary = gr.Markdown(elem_id="compare-summary")
 
-    watched_outputs = [progress, loss_plot, lr_plot, summary, log]
-    timer.tick(refresh, run, [table, run, compare, *watched_outputs], show_progress="hidden")
-    run.change(watched, run, watched_outputs, show_progress="hidden")
+    watched_outputs = [progress, loss_plot, lr_plot, metric_plot, summary, log, drawn]
+    timer.tick(refresh, [run, drawn], [table, run, compare, *watched_outputs], show_progress="hidden")
+
+    def on_pick(name):
+        try:
+            return watched(name)
+        except UserError as err:
+            return f"**error:** {err}", _frame([]), _frame([]), None, "", "", None
+
+    run.change(on_pick, run, watched_outputs, show_progress="hidden")
 
     def job_of(name: str | None) -> str:
         if not name:
@@ -158,7 +180,10 @@ def build(workspace: Path, queue) -> dict:
         histories = {}
         for name in names or []:
             progress_file, _, _ = run_view.board_paths(root, queue, name)
-            histories[name] = run_view.history(inside_workspace(root, name), progress_file)
+            try:
+                histories[name] = run_view.history(inside_workspace(root, name), progress_file)
+            except UserError as err:
+                return None, f"**error:** {err}"
         counts = {name: len(run_view.curve_rows({name: h}, (curve,))) for name, h in histories.items()}
         summary = ", ".join(f"{name}: {curve} ({n} points)" for name, n in counts.items()) or "pick runs to compare"
         return run_view.compare_figure(histories, curve), summary
