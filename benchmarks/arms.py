@@ -115,14 +115,16 @@ def _log(log_history: list[dict], runtime: float, trained_tokens: float | None =
             "mean_train_loss": sum(losses) / len(losses), "losses": losses, "peak_memory_mb": memory}
 
 
-def _trl_args(config_class, opts):
-    """A trl config with only what the comparison fixes set (and use_cpu without a GPU: trl's bf16 needs it)."""
+def _trl_args(config_class, opts, **settings):
+    """A trl config with only what the comparison fixes set (and use_cpu without a GPU: trl's bf16 needs it), plus
+    `settings` (a tuned arm's)."""
     import torch
 
     return config_class(output_dir=opts.out, num_train_epochs=1, per_device_train_batch_size=opts.batch,
                         gradient_accumulation_steps=opts.accumulation, max_length=opts.max_length,
                         learning_rate=opts.learning_rate, seed=opts.seed, logging_steps=1, save_strategy="no",
-                        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+                        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                        **settings)
 
 
 def _ours(recipe: str, argv: list[str]) -> tuple[dict, list[dict]]:
@@ -159,8 +161,12 @@ def _peft():
 
 def _sft_lora(opts, *extra: str) -> dict:
     """Our SFT recipe with LoRA (the SFT arm, and the QLoRA task's arms with their `extra` settings)."""
+    import yaml
+
     metrics, log_history = _ours("sft", [*_fixed(opts), *_lora_args(), *extra])
-    return _log(log_history, metrics["train_runtime"])
+    config = yaml.safe_load((Path(opts.out) / "config.yaml").read_text())
+    return {**_log(log_history, metrics["train_runtime"]), "bf16": bool(config.get("bf16")),
+            "decisions": json.loads((Path(opts.out) / "run_info.json").read_text()).get("decisions")}
 
 
 # ---- SFT: SFTTrainer defaults vs recipes/sft.py ----
@@ -196,22 +202,63 @@ def response_loss(model, tokenizer, rows: list[dict], max_length: int) -> float:
 
 
 def sft_baseline(opts) -> dict:
+    return _sft_trl(opts)
+
+
+# trl-tuned: the best of the documented SFTConfig settings swept by `python -m benchmarks trl_sweep` on this machine,
+# as recorded in benchmarks/results/trl_sweep.json ("best"); TRL_TUNED where no sweep was recorded. bf16 only where
+# hardware.py calls it native (AMX or a bf16 GPU), unless the sweep's best names it.
+TRL_TUNED = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
+TRL_SWEEP = ROOT / "benchmarks" / "results" / "trl_sweep.json"
+
+
+def trl_tuned_settings() -> dict:
+    from finetune_kit.hardware import bf16_is_fast
+
+    sweep = json.loads(TRL_SWEEP.read_text()) if TRL_SWEEP.is_file() else {}
+    best = sweep.get("points", {}).get(sweep.get("best"), {}).get("settings")
+    return {"bf16": bf16_is_fast(), **(TRL_TUNED if best is None else best)}
+
+
+def sft_trl_tuned(opts) -> dict:
+    return _sft_trl(opts, **trl_tuned_settings())
+
+
+def _sft_trl(opts, **settings) -> dict:
+    """trl's SFTTrainer on the subset, with its defaults except what the comparison fixes and `settings`."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from finetune_kit.models import resolve_checkpoint
 
-    args = _trl_args(SFTConfig, opts)
+    args = _trl_args(SFTConfig, opts, **settings)
+    rows = _alpaca(opts.train_file)
+    if args.padding_free and not args.packing:  # trl then wants rows already cut at max_length (its own message)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
+        rows = [{"input_ids": tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)[
+            "input_ids"][:opts.max_length]} for row in rows]
+        args.max_length = None
     model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_alpaca(opts.train_file)),
-                         peft_config=_peft())
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), peft_config=_peft())
     reset_peak_rss()
     result = trainer.train()
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
     summary = _log(trainer.state.log_history, result.metrics["train_runtime"])
     summary["heldout_loss"] = response_loss(trainer.model.float(), tokenizer, _alpaca(opts.eval_file), opts.max_length)
-    return summary
+    return {**summary, "settings": {k: str(v) for k, v in settings.items()}, "bf16": bool(args.bf16)}
+
+
+def training_lengths(model: str, train_file: Path, max_length: int) -> list[int]:
+    """Tokens of each training row as every arm is credited with them: the conversation rendered with the base
+    model's chat template, cut at max_length (no padding). One count for all arms, whatever each tool logs."""
+    from transformers import AutoTokenizer
+
+    from finetune_kit.models import resolve_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(model_folder(model)))
+    return [min(len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]),
+                max_length) for row in _alpaca(train_file)]
 
 
 def sft_ours(opts) -> dict:
@@ -285,68 +332,6 @@ def dpo_ours(opts) -> dict:
     return {**summary, **preference_scores(load_for_inference(opts.out)[0], opts)}
 
 
-# ---- text classification: transformers Trainer defaults vs recipes/text_classification.py ----
-
-def _sst2(path: Path) -> tuple[list[str], list[int]]:
-    rows = _read_rows(path)
-    return [r["text"] for r in rows], [int(r["label"]) for r in rows]
-
-
-def classifier_scores(model, tokenizer, path: Path, max_length: int) -> dict:
-    """Held-out cross-entropy and accuracy, 32 rows at a time."""
-    import torch
-
-    texts, labels = _sst2(path)
-    model.eval()
-    device = next(model.parameters()).device
-    loss, correct = 0.0, 0
-    for i in range(0, len(texts), 32):
-        batch = tokenizer(texts[i:i + 32], truncation=True, max_length=max_length, padding=True,
-                          return_tensors="pt").to(device)
-        target = torch.tensor(labels[i:i + 32], device=device)
-        with torch.no_grad():
-            logits = model(**batch).logits
-        loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(-1) == target).sum().item()
-    return {"heldout_loss": loss / len(texts), "heldout_accuracy": correct / len(texts)}
-
-
-def _classifier_tokens(opts, tokenizer) -> int:
-    texts, _ = _sst2(opts.train_file)
-    return sum(min(len(ids), opts.max_length) for ids in tokenizer(texts)["input_ids"])
-
-
-def text_classification_baseline(opts) -> dict:
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
-
-    from finetune_kit.models import resolve_checkpoint
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
-    texts, labels = _sst2(opts.train_file)
-    train = Dataset.from_dict({"text": texts, "label": labels}).map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=opts.max_length), batched=True)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_checkpoint(opts.model), num_labels=2)
-    args = TrainingArguments(output_dir=opts.out, num_train_epochs=1, per_device_train_batch_size=opts.batch,
-                             gradient_accumulation_steps=opts.accumulation, learning_rate=opts.learning_rate,
-                             seed=opts.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
-    reset_peak_rss()
-    result = trainer.train()
-    summary = _log(trainer.state.log_history, result.metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
-    return {**summary, **classifier_scores(trainer.model, tokenizer, opts.eval_file, opts.max_length)}
-
-
-def text_classification_ours(opts) -> dict:
-    from finetune_kit.models import load_for_inference
-
-    metrics, log_history = _ours("text_classification", [*_fixed(opts), "--label_column", "label",
-                                                         "--test_split_ratio", "0"])
-    model, tokenizer = load_for_inference(opts.out)
-    summary = _log(log_history, metrics["train_runtime"], _classifier_tokens(opts, tokenizer))
-    return {**summary, **classifier_scores(model, tokenizer, opts.eval_file, opts.max_length)}
-
-
 # ---- QLoRA memory: our SFT recipe with fp32 / bf16 LoRA vs 4-bit NF4 QLoRA on the same ~1B model ----
 
 RANDOM_1B = "random-llama-1b"
@@ -387,9 +372,24 @@ QLORA_ARMS = {"lora-fp32": lambda opts: _sft_lora(opts, "--dtype", "float32"),
 SECOND_BASELINES = {"qlora": "lora-bf16"}
 
 
+PEERS = ("llamafactory", "ms-swift", "axolotl", "unsloth")  # other tools, in their own environments (peer_arms.py)
+
+
+def _peer_arm(peer: str):
+    def arm(opts) -> dict:
+        from benchmarks.peer_arms import PEER_ARMS
+
+        return PEER_ARMS[peer](opts)
+
+    return arm
+
+
+from benchmarks.text_arms import text_classification_baseline, text_classification_ours  # imports the above
+
 # task: (baseline name, arms, default settings)
 TASKS = {
-    "sft": ("trl-default", {"trl-default": sft_baseline, "ours": sft_ours},
+    "sft": ("trl-default", {"trl-default": sft_baseline, "ours": sft_ours, "trl-tuned": sft_trl_tuned,
+                            **{peer: _peer_arm(peer) for peer in PEERS}},
             dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "alpaca_en_demo.json",
                  examples=16, eval_examples=16, batch=2, accumulation=2, max_length=512, learning_rate=2e-4)),
     "dpo": ("trl-default", {"trl-default": dpo_baseline, "ours": dpo_ours},

@@ -1,18 +1,25 @@
-"""Side-by-side benchmark: plain trl / transformers with their defaults vs our recipe with its defaults.
+"""Side-by-side benchmark: plain trl / transformers with their defaults vs our recipe with its defaults, and for SFT
+trl tuned by hand and the peer tools (LLaMA-Factory, ms-swift; axolotl and unsloth where they run).
 
     python -m benchmarks sft | dpo | text_classification [--examples N ...]     # make bench runs these three
+    python -m benchmarks sft --examples 128 --eval_examples 32               # the 128-row SFT workload, every arm
+    python -m benchmarks sft --arms ours,trl-tuned      # a subset (the baseline always runs): no peer environments
+    python -m benchmarks trl_sweep | sft_profile        # the trl-tuned grid; torch.profiler on our SFT step
     python -m benchmarks qlora [--arms qlora-4bit]     # fp32 / bf16 LoRA vs QLoRA (fp32 / bf16), all ours, random 1.2B
     python -m benchmarks sft --model <dir> --data <file> --examples 8 --max_length 64   # the smoke test's tiny run
 
 Each arm runs in its own process (peak memory is per process), one after the other, on the same model, seed,
-effective batch (per-device batch x accumulation) and one epoch over the same seeded subset of the data, so both
+effective batch (per-device batch x accumulation) and one epoch over the same seeded subset of the data, so all
 train the same examples, the same trained tokens, in the same number of steps. Reported per arm: trained
-(non-padding) tokens per second (trl's own `num_tokens`; for classification the tokenized lengths) over
-`train_runtime`, peak memory (RSS on CPU: the process up to the end of training, and from train begin alone as
-rss_training; max_memory_allocated on GPU), the mean training loss over the epoch, and the loss (and accuracy)
-on held-out rows scored by one shared function (SFT: reply loss; DPO: DPO loss against the base; classification);
-then ours / baseline. Results go to benchmarks/results/bench_<task>.json with machine, versions and the command.
-The arms themselves are in benchmarks/arms.py.
+(non-padding) tokens per second over `train_runtime` (SFT: the tokens counted once by the harness from the data, the
+tool's own count kept as tool_reported_tokens; DPO: trl's `num_tokens`; classification: the tokenized lengths),
+peak memory (RSS on CPU: the process up to the end of training, and from train begin alone as rss_training;
+max_memory_allocated on GPU), the mean training loss over the epoch, the loss (and accuracy) on held-out rows scored
+by one shared function (SFT: reply loss; DPO: DPO loss against the base; classification), the load averages at the
+arm's start and end, and for SFT the model FLOP/s as a share of this machine's matmul peak measured in the same run
+(benchmarks/flops.py); then each arm over the baseline, and ours over every other arm. A peer arm that cannot be
+installed or run holds its exact error instead of figures. Results go to benchmarks/results/bench_<task>.json with
+machine, versions (each peer's own) and the command. The arms are in benchmarks/arms.py and peer_arms.py.
 """
 
 from __future__ import annotations
@@ -37,13 +44,49 @@ def run_arm(task: str, arm: str, opts, files: tuple[Path, Path]) -> dict:
         result = Path(tmp) / "result.json"
         command = [sys.executable, "-m", "benchmarks.harness", *opts.argv, "--arm", arm, "--result", str(result),
                    "--out", str(Path(tmp) / "run"), "--train_file", str(files[0]), "--eval_file", str(files[1])]
-        started = time.time()
-        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        started, load = time.time(), os.getloadavg()
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
         if done.returncode:
             raise SystemExit(f"{task} / {arm} failed (exit {done.returncode}): {' '.join(command)}")
         summary = json.loads(result.read_text())
-        summary["wall_seconds"] = round(time.time() - started, 1)
+        summary.update(wall_seconds=round(time.time() - started, 1), loadavg_start=[round(x, 2) for x in load],
+                       loadavg_end=[round(x, 2) for x in os.getloadavg()])
         return summary
+
+
+def workload(opts, train_file: Path) -> dict:
+    """What every SFT arm is credited with, counted once by the harness: the training rows' token lengths (base
+    chat template, cut at max_length, no padding), the model FLOPs of one epoch over them (benchmarks/flops.py), and
+    this machine's matmul peaks measured now (fp32; bf16 too where the CPU has bf16 instructions)."""
+    from benchmarks.arms import LORA, model_folder, training_lengths
+    from benchmarks.flops import lora_shape, lora_training_flops, matmul_peak
+    from finetune_kit.models import resolve_checkpoint
+
+    lengths = training_lengths(opts.model, train_file, opts.max_length)
+    shape = lora_shape(resolve_checkpoint(model_folder(opts.model)), LORA["lora_r"])
+    peaks = [matmul_peak("float32")]
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        peaks.append(matmul_peak("bfloat16"))
+    return {"trained_tokens": sum(lengths), "rows": len(lengths), "longest": max(lengths), "model_shape": shape,
+            "model_flops": lora_training_flops(lengths, **shape), "matmul_peaks": peaks}
+
+
+def credit(summary: dict, work: dict) -> dict:
+    """An arm's figures on the harness's token count and FLOPs (the tool's own count kept beside, to compare)."""
+    from benchmarks.flops import mfu
+
+    if "train_runtime" not in summary:
+        return summary
+    summary["tool_reported_tokens"] = summary.get("trained_tokens")
+    summary["trained_tokens"] = work["trained_tokens"]
+    summary["tokens_per_second"] = work["trained_tokens"] / summary["train_runtime"]
+    for peak in work["matmul_peaks"]:
+        summary.update(mfu(work["model_flops"], summary["train_runtime"], peak))
+    # the share of the peak of the precision the arm trained in (bf16 autocast runs its matmuls in bf16)
+    own = f"mfu_vs_{'bfloat16' if summary.get('bf16') else 'float32'}_peak"
+    summary["mfu"] = summary.get(own)
+    return summary
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +104,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=defaults.get("learning_rate"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--arms", help="comma-separated subset of the task's arms (the baseline is always run)")
+    parser.add_argument("--arms", help="comma-separated subset of the task's arms (the baseline is always run; "
+                        "sft: ours, trl-tuned, llamafactory, ms-swift, axolotl, unsloth)")
     for internal in ("--arm", "--result", "--out", "--train_file", "--eval_file"):  # one arm in this process
         parser.add_argument(internal, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -83,26 +127,38 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.record_run import machine
     from finetune_kit.runs import git_revision, package_versions
 
+    # a name no task has is a typo; one of another task's arms is fine (make bench passes one --arms to every task)
+    unknown = set((opts.arms or "").split(",")) - {arm for _, arms, _ in TASKS.values() for arm in arms} - {""}
+    if unknown:
+        raise SystemExit(f"--arms: no arm named {', '.join(sorted(unknown))}; {opts.task}'s arms: "
+                         f"{', '.join(arms_of_task)}")
     with tempfile.TemporaryDirectory() as data_dir:
         files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(data_dir))
+        work = workload(opts, files[0]) if opts.task == "sft" else None
         chosen = [baseline] + [a for a in arms_of_task if a != baseline and (not opts.arms or a in opts.arms.split(","))]
         arms = {arm: run_arm(opts.task, arm, opts, files) for arm in chosen}
-    ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in arms if arm != baseline}
+    if work:
+        arms = {arm: credit(summary, work) for arm, summary in arms.items()}
+    ran = [arm for arm in arms if "error" not in arms[arm]]  # a peer that could not run holds its error instead
+    ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in ran if arm != baseline}
     second = SECOND_BASELINES.get(opts.task)
-    if second in arms:
+    if second in ran:
         ratios.update({f"ratios_{arm}_over_{second}": _ratios(arms[arm], arms[second])
-                       for arm in arms if arm not in (baseline, second)})
+                       for arm in ran if arm not in (baseline, second)})
+    if "ours" in ran:  # ours over every other arm that ran: the issue's "faster than every peer"
+        ratios.update({f"ratios_ours_over_{arm}": _ratios(arms["ours"], arms[arm])
+                       for arm in ran if arm not in ("ours", baseline, second)})
     settings = {k: v for k, v in vars(opts).items()
                 if k not in ("argv", "arm", "result", "out", "train_file", "eval_file")}
     result = {"name": f"bench_{opts.task}", "command": "python -m benchmarks " + " ".join(argv),
               "settings": settings, "steps": opts.examples // (opts.batch * opts.accumulation), "arms": arms,
-              **ratios,
+              **({"workload": work} if work else {}), **ratios,
               "machine": machine(), "versions": package_versions(), "git_revision": git_revision()}
     out = Path(opts.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bench_{opts.task}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({**ratios,
-                      **{arm: {k: v for k, v in s.items() if k != "losses"} for arm, s in arms.items()}}, indent=2))
+    print(json.dumps({**ratios, **{arm: {k: v for k, v in s.items() if k not in ("losses", "decisions", "env")}
+                                   for arm, s in arms.items()}}, indent=2, default=str))
     return result
 
 

@@ -20,10 +20,13 @@ from finetune_kit.data import (
     encode_prompt,
     end_of_turn_is_trained,
     load_sft_datasets,
+    pairs_with_answer_room,
     tokenize_sft_dataset,
 )
 from finetune_kit.preflight import preflight
 from finetune_kit.runs import check_output_dir
+
+STREAM_CHECK_ROWS = 10_000
 
 
 def sequence_lengths(dataset, tokenizer, rows: str) -> list[int]:
@@ -78,7 +81,17 @@ def check(argv: list[str] | None) -> int:
     args = cfg.training
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                revision=cfg.model.model_revision, trust_remote_code=args.trust_remote_code)
-    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=ROW_NORMALISERS[row.rows])
+    streaming = "streaming" not in row.unread and cfg.data.streaming
+    train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=ROW_NORMALISERS[row.rows],
+                                          streaming=streaming)
+    if streaming:  # a stream may not fit in memory: its first rows are checked, as training will read them
+        from datasets import Dataset
+
+        train = Dataset.from_list(list(train.take(STREAM_CHECK_ROWS)))
+        print(f"streaming: the first {len(train)} training rows are checked (train validates every row as it reads it)")
+    if row.keeps_prompt_whole:  # the recipe's own filter: what train refuses, check refuses; what it drops, it counts
+        train = pairs_with_answer_room(train, tokenizer, args.max_length or 512, cfg.data.skip_invalid_rows,
+                                       cfg.data.source_label())
     print(f"data: {len(train)} training rows" + (f", {len(evaluation)} validation rows" if evaluation else "")
           + ", every row valid")
 
@@ -93,7 +106,10 @@ def check(argv: list[str] | None) -> int:
     print(f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
           f"p95 {sorted(lengths)[int(0.95 * (len(lengths) - 1))]}, max {max(lengths)}")
     # PPO refuses prompts over max_prompt_length; GRPO (trl 1.16) keeps prompts whole; the others cut at max_length.
-    limit = cfg.rewards.max_prompt_length if hasattr(cfg, "ppo") else None if row.rows == "prompt" else args.max_length
+    # Online DPO cuts prompt + answer to max_length from the left: a prompt over max_length - max_new_tokens loses
+    # its start.
+    limit = (cfg.rewards.max_prompt_length if hasattr(cfg, "ppo") else args.max_length - args.max_new_tokens
+             if name == "online_dpo" else None if row.rows == "prompt" else args.max_length)
     if limit is not None and not getattr(args, "packing", False):
         over = sum(n > limit for n in lengths)
         if over:
@@ -126,7 +142,8 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions) -> 
     if hasattr(cfg, "ppo"):
         batch, seq = cfg.ppo.mini_batch_size, longest + cfg.ppo.max_new_tokens
     elif row.rows == "prompt":
-        batch, seq = args.per_device_train_batch_size, longest + (args.max_completion_length or 256)
+        answer = getattr(args, "max_completion_length", None) or getattr(args, "max_new_tokens", None)  # online DPO's
+        batch, seq = args.per_device_train_batch_size, longest + (answer or 256)
     else:
         batch, seq = args.per_device_train_batch_size, min(longest, args.max_length or longest)
         if getattr(args, "packing", False):
@@ -146,7 +163,7 @@ def memory_warnings(cfg, row: recipes.Recipe, lengths: list[int], decisions) -> 
     free, where = available_memory()
     print(f"memory: {result.describe()}; batch {batch} x {seq} tokens; {free / GIB:.1f} GiB {where}")
     if result.total > free:
-        return [f"the run may not fit: about {result.total / GIB:.1f} GiB needed, {free / GIB:.1f} GiB {where}. "
-                "Lower per_device_train_batch_size (raise gradient_accumulation_steps), max_length, or use LoRA / "
-                "4-bit (load_in_4bit) / activation checkpointing."]
+        return [(f"the run may not fit: about {result.total / GIB:.1f} GiB needed, {free / GIB:.1f} GiB {where}. "
+                 "Lower per_device_train_batch_size (raise gradient_accumulation_steps), max_length, or use LoRA / "
+                 "4-bit (load_in_4bit) / activation checkpointing.")]
     return []

@@ -157,8 +157,8 @@ def non_nullable_keys(config_type: type) -> set[str]:
 def _yaml_value_to_args(key: str, value: Any) -> list[str]:
     if isinstance(value, bool):
         return [f"--{key}", str(value).lower()]
-    if isinstance(value, dict):
-        return [f"--{key}", json.dumps(value)]
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+        return [f"--{key}", json.dumps(value)]  # a mapping, or a list of them (`datasets`): one JSON value
     if isinstance(value, list):
         return [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in value)]
     return [f"--{key}", str(value)]
@@ -231,7 +231,8 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None = None) -> C:
                 raise ConfigError(unknown_key_message(str(key), known, f"config file {config_path}"))
             if isinstance(value, dict) and key not in nested_ok:
                 raise ConfigError(f"{config_path}: key '{key}' holds a mapping, but it takes a single value.")
-            if isinstance(value, list) and len(value) > 1 and not _takes_a_list(parser, key):
+            if isinstance(value, list) and len(value) > 1 and not _takes_a_list(parser, key) and \
+                    not (key in nested_ok and all(isinstance(v, dict) for v in value)):
                 raise ConfigError(f"{config_path}: key '{key}' holds a list ({value}), but it takes a single value.")
             if value is None and key in not_nullable:
                 raise ConfigError(null_message(str(key), f"config file {config_path}"))

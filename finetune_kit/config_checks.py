@@ -29,8 +29,19 @@ def dora_needs_peft(cfg) -> str | None:
 
 
 def dataset_is_given(cfg) -> str | None:
-    if not cfg.data.dataset_name:
-        return "dataset_name is required (a local file or folder, or a hub dataset id)."
+    if not cfg.data.dataset_name and not getattr(cfg.data, "datasets", None):
+        return "dataset_name is required (a local file or folder, or a hub dataset id; or datasets: a mixture)."
+    return None
+
+
+def streaming_has_steps(cfg) -> str | None:
+    """A stream has no length: the trainer needs max_steps, and a validation split cannot be cut from it."""
+    if not getattr(cfg.data, "streaming", False):
+        return None
+    if (getattr(cfg.training, "max_steps", 0) or 0) <= 0:
+        return "streaming: true reads rows as training goes, so the run length is unknown: set max_steps."
+    if cfg.data.eval_split_ratio:
+        return "streaming: true cannot hold out eval_split_ratio of a stream; give eval_dataset_name instead."
     return None
 
 
@@ -204,15 +215,60 @@ def best_policy_needs_held_out(cfg) -> str | None:
 
 
 def beta_positive(cfg) -> str | None:
-    """DPO / KTO scale their implicit reward by beta: 0 or less trains towards nothing, or away from the data."""
+    """DPO / KTO / CPO scale their implicit reward by beta, ORPO its odds-ratio term: 0 or less trains towards
+    nothing (SimPO divides by it), or away from the data."""
     if not cfg.training.beta > 0:
-        return f"beta must be positive, got {cfg.training.beta} (0.1 is the usual value)."
+        return f"beta must be positive, got {cfg.training.beta} (0.1 is the usual value; SimPO uses about 2)."
+    return None
+
+
+def betas_positive(cfg) -> str | None:
+    """Online DPO's beta, one value or one per epoch (trl's list form): each must be positive, as for DPO."""
+    betas = cfg.training.beta if isinstance(cfg.training.beta, list) else [cfg.training.beta]
+    bad = next((b for b in betas if not b > 0), None)
+    if bad is not None:  # the value itself: the YAML's one value and trl's one-item list read the same
+        return f"beta must be positive (one value, or one per epoch), got {float(bad)} (0.1 is the usual value)."
+    return None
+
+
+def distill_has_teacher(cfg) -> str | None:
+    if not cfg.training.teacher_model_name_or_path:
+        return ("distill needs a teacher: set teacher_model_name_or_path (a checkpoint folder, hub id, run folder, or "
+                "smollm2-135m-instruct).")
+    return None
+
+
+def student_config_trains_whole(cfg) -> str | None:
+    """A student built from student_config starts from random weights: adapters on them, or quantizing them, would
+    train (almost) nothing worth having."""
+    student = cfg.model.student_config
+    if student is None or isinstance(student, str):  # a command-line JSON string: checked again once parsed
+        return None
+    if not isinstance(student, dict) or not student:
+        return f"student_config must be a mapping of config values (e.g. {{num_hidden_layers: 4}}), got {student!r}."
+    if cfg.model.use_peft or cfg.model.load_in_4bit or cfg.model.load_in_8bit:
+        return ("student_config builds a new student with random weights, which all train: set use_peft: false and "
+                "leave load_in_4bit / load_in_8bit off (or name a trained student in model_name_or_path).")
+    return None
+
+
+def cpo_alpha_not_negative(cfg) -> str | None:
+    """cpo_alpha weighs the NLL of the chosen answer: below 0 it would push the chosen answers down."""
+    if cfg.training.cpo_alpha < 0:
+        return f"cpo_alpha must be >= 0 (0: no NLL term, as SimPO), got {cfg.training.cpo_alpha}."
     return None
 
 
 def reward_head_with_lora(cfg) -> str | None:
     if cfg.model.use_peft and cfg.model.lora_task_type != "SEQ_CLS":
         return f"lora_task_type must be SEQ_CLS for a reward model (got {cfg.model.lora_task_type})."
+    return None
+
+
+def step_separator_given(cfg) -> str | None:
+    """The prm recipe labels the separator after each step: an empty one leaves no token to label."""
+    if not cfg.task.step_separator:
+        return "step_separator is empty: each step's label sits on the separator after it; use e.g. '\\n'."
     return None
 
 
@@ -265,6 +321,7 @@ COMMON_CHECKS = (
     quantization_needs_adapter,
     dora_needs_peft,
     dataset_is_given,
+    streaming_has_steps,
     eval_split_ratio_in_range,
     eval_strategy_has_data,
     learning_rate_positive,

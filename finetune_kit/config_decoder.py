@@ -1,4 +1,5 @@
-"""Configs of the decoder stages: SFT, continued pretraining, reward model, DPO, KTO, GRPO, RLOO and our PPO.
+"""Configs of the decoder stages: SFT, continued pretraining, reward model, DPO, KTO, ORPO, CPO / SimPO, GRPO, RLOO,
+online DPO, our PPO and a process reward model (PRM) (distillation: config_distill.py).
 
 Each trl trainer's own config is used as it is (keys named as trl names them), with the machine defaults of
 `TrlMachineDefaults`; what trl has no key for lives in a small task part. Checks are named functions.
@@ -6,9 +7,11 @@ Each trl trainer's own config is used as it is (keys named as trl names them), w
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig, SFTConfig
+from trl.import_utils import TRLExperimentalWarning
 
 from finetune_kit.config import (
     DataArguments,
@@ -18,6 +21,16 @@ from finetune_kit.config import (
     length_grouped_sampling,
     machine_defaults,
 )
+from finetune_kit.rl.presets import GRPO_PRESETS
+
+# trl 1.16 keeps ORPO and CPO in trl.experimental, whose import warns that its API may change; every decoder recipe
+# imports this module, so the notice would print for SFT or GRPO runs too. pyproject keeps trl below 2 and
+# tests/test_orpo_cpo.py trains both recipes, so an API change there is caught by the tests, not the user.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", TRLExperimentalWarning)
+    from trl.experimental.cpo import CPOConfig
+    from trl.experimental.online_dpo import OnlineDPOConfig  # the online_dpo recipe's, as experimental
+    from trl.experimental.orpo import ORPOConfig
 
 
 @dataclass
@@ -112,6 +125,45 @@ class RewardRecipeConfig:
 
 
 @dataclass
+class PRMArguments:
+    """The prm recipe's own keys (trl's old PRMConfig named the first three so): how steps are joined and labelled,
+    and how a solution's steps make its score."""
+
+    step_separator: str = field(default="\n", metadata={
+        "help": "Text put after the prompt and after each step; its last token after a step carries that step's "
+                "label. No step may contain it; an answer is split at it to be scored as a reward."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest tokenized prompt + steps; steps past it are cut off (unlabelled, unscored)."})
+    train_on_last_step_only: bool = field(default=False, metadata={
+        "help": "Train on the last step's label only (an outcome label); held-out rows are scored on every step."})
+    solution_score: str = field(default="min", metadata={
+        "help": "A solution's score from its steps' P(right): min (its weakest step, as Math-Shepherd) or prod "
+                "(every step right, as Lightman et al.); used for the held-out ranking and as a reward.",
+        "choices": ("min", "prod")})
+    test_dataset_name: str | None = field(default=None, metadata={
+        "help": "A separate step-labelled test file (or hub dataset, split 'test'), scored once at the end."})
+
+
+@dataclass
+class PRMTrainingArguments(TrainerArguments):
+    """transformers' `TrainingArguments` with the machine defaults and length-grouped batches (solutions vary in
+    length: similar lengths together pad less)."""
+
+    train_sampling_strategy: str = length_grouped_sampling()
+
+
+@dataclass
+class PRMRecipeConfig:
+    """The prm recipe: a process reward model, a 2-way token-classification head read at each step's separator."""
+
+    model: ModelArguments
+    data: DataArguments
+    task: PRMArguments
+    training: PRMTrainingArguments
+    run: RunArguments
+
+
+@dataclass
 class ReferenceArguments:
     ref_model_name_or_path: str | None = field(default=None, metadata={
         "help": "An explicit frozen reference model (a second copy in memory). Default: with LoRA the base model "
@@ -151,11 +203,52 @@ class KTORecipeConfig:
 
 
 @dataclass
+class ORPOTrainingArguments(TrlMachineDefaults, ORPOConfig):
+    """trl's `ORPOConfig` (beta: the weight λ of the odds-ratio term beside the NLL of the chosen answer) with machine
+    bf16."""
+
+    # trl's pair collator needs every column: left true, the trainer turns it off itself, with a warning every run.
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Keep false: trl's pair collator reads every column (true is turned off, with a warning)."})
+
+
+@dataclass
+class ORPORecipeConfig:
+    """The orpo recipe: odds-ratio preference optimisation, reference-free, SFT and preference in one loss."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: ORPOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class CPOTrainingArguments(TrlMachineDefaults, CPOConfig):
+    """trl's `CPOConfig` (loss_type sigmoid / hinge / ipo / simpo / alphapo, beta, cpo_alpha, simpo_gamma) with machine
+    bf16. SimPO: loss_type simpo with cpo_alpha 0."""
+
+    # trl's pair collator needs every column: left true, the trainer turns it off itself, with a warning every run.
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Keep false: trl's pair collator reads every column (true is turned off, with a warning)."})
+
+
+@dataclass
+class CPORecipeConfig:
+    """The cpo recipe: contrastive preference optimisation and SimPO, reference-free."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: CPOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
 class RewardSourceArguments:
     """Where rewards come from in online RL: a trained reward model, Python functions, or both (summed)."""
 
     reward_model: str | None = field(default=None, metadata={
-        "help": "A reward-model run folder or checkpoint (one-score sequence classifier)."})
+        "help": "A reward-model run folder or checkpoint (one-score sequence classifier), or a prm run (scored as "
+                "its solution score of the answer's steps, in [0, 1])."})
     reward_functions: list[str] | None = field(default=None, metadata={
         "help": "Python reward functions as module:function or path/to/file.py:function; each gets prompts and "
                 "completions (text) and returns one number per completion."})
@@ -186,6 +279,16 @@ class GRPOTrainingArguments(TrlMachineDefaults, GRPOConfig):
 
 
 @dataclass
+class GRPOPresetArguments:
+    """A published GRPO variant's trl options, set together (finetune_kit/rl/presets.py; README table)."""
+
+    grpo_preset: str | None = field(default=None, metadata={
+        "help": "Set the trl options a method uses, each a recorded decision; a key you set yourself wins. "
+                "dapo, dr_grpo, gspo, cispo, grpo (DeepSeekMath's original). Default: none (trl's defaults).",
+        "choices": tuple(GRPO_PRESETS)})
+
+
+@dataclass
 class GRPORecipeConfig:
     """The grpo recipe: group-relative policy optimisation (trl's GRPOTrainer)."""
 
@@ -193,6 +296,7 @@ class GRPORecipeConfig:
     data: DataArguments
     rewards: RewardSourceArguments
     guard: GuardArguments
+    preset: GRPOPresetArguments
     training: GRPOTrainingArguments
     run: RunArguments
 
@@ -211,6 +315,24 @@ class RLOORecipeConfig:
     rewards: RewardSourceArguments
     guard: GuardArguments
     training: RLOOTrainingArguments
+    run: RunArguments
+
+
+@dataclass
+class OnlineDPOTrainingArguments(TrlMachineDefaults, OnlineDPOConfig):
+    """trl's `OnlineDPOConfig` (beta, loss_type sigmoid / ipo, max_new_tokens, temperature, missing_eos_penalty) with
+    machine bf16."""
+
+
+@dataclass
+class OnlineDPORecipeConfig:
+    """The online_dpo recipe: two sampled answers per prompt, the reward picks the chosen one, DPO loss on the pair."""
+
+    model: ModelArguments
+    data: DataArguments
+    rewards: RewardSourceArguments
+    guard: GuardArguments
+    training: OnlineDPOTrainingArguments
     run: RunArguments
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import yaml
 
 DATASET_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
 
 @dataclass
@@ -43,11 +44,39 @@ class DataArguments:
     split_seed: int | None = field(default=None, metadata={
         "help": "Seed of the validation / test split (default: seed). tune fixes it, so trials with their own seeds "
                 "are scored on the same held-out rows."})
+    datasets: list[dict] | str | None = field(default=None, metadata={
+        "help": "Several training sources instead of dataset_name: a list of mappings, each with dataset_name and "
+                "optionally dataset_config, dataset_train_split, dataset_format, column_mapping, max_samples, and "
+                "weight (relative) or ratio (fractions summing to 1) for interleave_* (finetune_kit/data/mixing.py)."})
+    mix_strategy: str = field(default="concat", metadata={
+        "help": "How `datasets` combine: concat (every row once), interleave_under (sampled by weight / ratio until "
+                "the first source runs out), interleave_over (until the last does, repeating the others).",
+        "choices": MIX_STRATEGIES})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the training data as a stream (files too large for memory; sft and pretrain): rows are "
+                "validated as they are read, max_steps is required, validation comes from eval_dataset_name."})
 
     def seed_for_split(self, seed: int) -> int:
         return seed if self.split_seed is None else self.split_seed
 
+    def source_label(self) -> str:
+        """How messages name the training data: the file or hub id, or the mixture's sources."""
+        if self.datasets:
+            return "datasets (" + " + ".join(str(d.get("dataset_name")) for d in self.datasets) + ")"
+        return str(self.dataset_name)
+
     def __post_init__(self):
+        if isinstance(self.datasets, str):
+            try:
+                self.datasets = yaml.safe_load(self.datasets)
+            except yaml.YAMLError as err:
+                raise ValueError(f"datasets is not a YAML list: {err}") from None
+        if self.datasets is not None:
+            from finetune_kit.data.mixing import check_sources
+
+            check_sources(self)
+        elif self.mix_strategy != "concat":
+            raise ValueError(f"mix_strategy {self.mix_strategy} mixes the sources of `datasets`, which is not set.")
         if isinstance(self.column_mapping, str):
             try:
                 parsed = yaml.safe_load(self.column_mapping)

@@ -176,8 +176,10 @@ def activation_checkpointing(cfg, user: set[str], seq_length: int, sequences_per
 
 
 def longest_sequence(dataset, max_length: int | None, packing: bool = False) -> int:
-    """Length of the longest training sequence: max_length when packing or when trl tokenizes later."""
-    if packing or "input_ids" not in dataset.column_names:
+    """Length of the longest training sequence: max_length when packing, when trl tokenizes later, or for a stream
+    (a stream is not read ahead)."""
+    if packing or dataset.column_names is None or "input_ids" not in dataset.column_names or \
+            not hasattr(dataset, "__len__"):
         return max_length or 1024
     longest = max(map(len, dataset["input_ids"]), default=1)
     return min(longest, max_length) if max_length else longest

@@ -163,7 +163,7 @@ def preflight(row: recipes.Recipe, argv: list[str]) -> None:
 
 def _files(row: recipes.Recipe, cfg) -> None:
     """The output folder; every data row of local files; for the decoder stages, the model and tokenizer folders."""
-    from finetune_kit.data import NO_CHAT_TEMPLATE, ROW_NORMALISERS, load_rows
+    from finetune_kit.data import NO_CHAT_TEMPLATE, ROW_NORMALISERS, load_rows, mixing
     from finetune_kit.data.readers import is_local
     from finetune_kit.model_files import (
         EMBEDDED,
@@ -201,9 +201,11 @@ def _files(row: recipes.Recipe, cfg) -> None:
     if data.skip_invalid_rows:
         return  # the recipe counts and reports what it skips
     conversations = False
-    for source, split in ((data.dataset_name, data.dataset_train_split), (data.eval_dataset_name, "validation")):
+    # Every source of a mixture with its own format; a stream is validated as it is read (it may not fit in memory).
+    reads = [] if data.streaming else [(s, s.dataset_name, s.dataset_train_split) for s in mixing.source_args(data)]
+    for args, source, split in reads + [(data, data.eval_dataset_name, "validation")]:
         if source and is_local(source):
-            rows = load_rows(source, data, split, ROW_NORMALISERS[row.rows])
+            rows = load_rows(source, args, split, ROW_NORMALISERS[row.rows])
             conversations = conversations or "messages" in rows[0]
     folder = Path(tokenizer).expanduser() if tokenizer and tokenizer not in EMBEDDED else None
     if row.rows == "sft" and conversations and not getattr(training, "chat_template_path", None) and \

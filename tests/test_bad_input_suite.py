@@ -64,6 +64,12 @@ def sft(e, **cfg):
     return "sft", {**base, **cfg}
 
 
+def mixture(e, *sources, **cfg):
+    """sft on `datasets`: each source (file name, rows, its own keys)."""
+    items = [{"dataset_name": e["file"](name, rows), **keys} for name, rows, keys in sources]
+    return sft(e, dataset_name=None, datasets=items, **cfg)
+
+
 def pairs(e, recipe="dpo", rows=None, **cfg):
     rows = rows or [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in WORDS]
     base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("pairs.jsonl", rows), "use_peft": True,
@@ -158,6 +164,38 @@ def bert_with_three_labels(e) -> str:
 
 # name -> (build(env) -> (recipe or "cli", config dict or argv list), expected message regex, loads weights first)
 CASES = {
+    # --- dataset mixtures and streams ---
+    "mixture weight of 0": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {"weight": 0}),
+                                              ("b.jsonl", chat_rows(4), {"weight": 1}), mix_strategy="interleave_under"),
+                            r"datasets\[0\]\.weight must be a number > 0, got 0", False),
+    "mixture negative weight": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {"weight": 2}),
+                                                  ("b.jsonl", chat_rows(4), {"weight": -1}),
+                                                  mix_strategy="interleave_over"),
+                                r"datasets\[1\]\.weight must be a number > 0, got -1", False),
+    "mixture ratios that do not sum to 1": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {"ratio": 0.5}),
+                                                              ("b.jsonl", chat_rows(4), {"ratio": 0.3}),
+                                                              mix_strategy="interleave_under"),
+                                            r"the ratios sum to 0\.8, not 1", False),
+    "mixture weights with concat": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {"weight": 1}),
+                                                      ("b.jsonl", chat_rows(4), {"weight": 1})),
+                                    r"concat does not .* set mix_strategy: interleave_under", False),
+    "mixture source with an unknown key": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {"wieght": 1})),
+                                           r"datasets\[0\]: unknown key 'wieght'", False),
+    "mixture bad row in its second source": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {}), (
+        "b.jsonl", [{"instruction": "x", "output": "y"}, {"instruction": "z"}], {"dataset_format": "alpaca"})),
+                                             r"b\.jsonl line 2: missing field 'output'", False),
+    "mixture of two shapes": (lambda e: mixture(e, ("a.jsonl", chat_rows(4), {}),
+                                                ("b.jsonl", [{"prompt": "p", "completion": "c"}], {})),
+                              r"datasets\[1\] \(.*b\.jsonl\) reads as completion, prompt but datasets\[0\]", False),
+    "streaming without max_steps": (lambda e: sft(e, streaming=True, max_steps=-1),
+                                    r"streaming: true .* set max_steps", False),
+    "streaming in a recipe that reads its data whole": (lambda e: pairs(e, streaming=True),
+                                                        r"key 'streaming' does nothing in the dpo recipe", False),
+    "a bad row met while streaming": (lambda e: sft(e, streaming=True, max_steps=3, per_device_train_batch_size=1,
+                                                    dataset_name=e["file"]("s.jsonl", chat_rows(2) + [
+                                                        {"messages": [{"role": "user", "content": "hi"}]}])),
+                                      r"s\.jsonl row 3: field 'messages': the conversation ends with a 'user' turn",
+                                      True),
     # --- data rows ---
     "missing data file": (lambda e: sft(e, dataset_name=str(e["tmp"] / "nope.jsonl")),
                           r"dataset file not found: .*nope\.jsonl", False),
@@ -193,6 +231,11 @@ CASES = {
                                                  {"tokens": ["a", "b"], "tags": ["O", "O"]},
                                                  {"tokens": ["a", "b"], "tags": ["O"]}])}),
                                          r"ner\.jsonl line 2: 2 tokens but 1 tags", False),
+    "step labels that do not match the steps": (lambda e: ("prm", {
+                                                    "model_name_or_path": e["llama"], "output_dir": e["fresh"],
+                                                    "dataset_name": e["file"]("steps.jsonl", [
+                                                        {"prompt": "p", "completions": ["a", "b"], "labels": [True]}])}),
+                                                r"steps\.jsonl line 1: field 'labels' has 1 labels for 2 steps", False),
     "unreadable image": (lambda e: ("image_classification", {
                              "model_name_or_path": "vit-tiny-from-config", "output_dir": e["fresh"],
                              "dataset_name": write(e, "imgs.csv", f"image,label\n{write(e, 'x.png', 'not a png')},a\n"
@@ -379,7 +422,8 @@ def test_bad_input(env, name, capsys, monkeypatch):
     assert len(error_lines) == 1 and re.search(message, error_lines[0]), err
     after = {p.relative_to(env["out"]): p.read_bytes() if p.is_file() else None for p in env["out"].rglob("*")}
     assert after == before
-    assert not Path(env["fresh"]).exists() or name in ("reward function that raises",)
+    # Met once training runs: the trainer has made its (empty) output folder by then.
+    assert not Path(env["fresh"]).exists() or name in ("reward function that raises", "a bad row met while streaming")
 
 
 def test_the_suite_is_large_and_mostly_fails_before_weights_load():

@@ -18,7 +18,7 @@ from finetune_kit.config import config_parts
 
 WORDS = ["apple", "river", "stone", "cloud"]
 # Ours: every key of these parts must be read or refused. (`training` is trl's / transformers' own.)
-OWN_PARTS = ("model", "data", "task", "rewards", "ppo", "run")
+OWN_PARTS = ("model", "data", "task", "rewards", "ppo", "preset", "run")
 # Read only on a path a one-step run does not take, each named with the test that covers it.
 CONDITIONAL = {
     "split_seed": "read by DataArguments.seed_for_split when a split is made (tests/test_tune_report.py)",
@@ -100,7 +100,12 @@ def _configs(tmp_path, llama, bert) -> dict[str, dict]:
                                                                                      for w in WORDS])),
                      "max_length": 16},
         "reward": {**lm, "dataset_name": str(pairs)},
+        "prm": {**lm, "max_length": 64, "eval_split_ratio": 0.5, "dataset_name": str(write_jsonl(
+            tmp_path / "steps.jsonl", [{"prompt": f"Say {w}", "completions": [w, f"{w}!"], "labels": [True, i % 2 == 0]}
+                                       for i, w in enumerate(WORDS)]))},
         "dpo": {**lm, "dataset_name": str(pairs), "max_length": 64},
+        "orpo": {**lm, "dataset_name": str(pairs), "max_length": 64},
+        "cpo": {**lm, "dataset_name": str(pairs), "max_length": 64},
         "kto": {**lm, "dataset_name": str(write_jsonl(tmp_path / "kto.jsonl", [
             {"prompt": f"Say {w}", "completion": f"{w}!", "label": i % 2 == 0} for i, w in enumerate(WORDS * 2)])),
             "max_length": 64},
@@ -108,6 +113,9 @@ def _configs(tmp_path, llama, bert) -> dict[str, dict]:
                  "reward_functions": reward},
         "rloo": {**lm, "dataset_name": str(prompts), "num_generations": 4, "max_completion_length": 4,
                  "reward_functions": reward},
+        "online_dpo": {**lm, "dataset_name": str(prompts), "max_new_tokens": 4, "reward_functions": reward},
+        "distill": {**lm, "teacher_model_name_or_path": llama, "lmbda": 0.0, "max_length": 64,
+                    "dataset_name": str(write_jsonl(tmp_path / "chat.jsonl", chat_rows(8)))},
         "ppo": {"model_name_or_path": llama, "use_peft": True, "lora_r": 4, "max_steps": 1, "report_to": "none",
                 "dataset_name": str(prompts), "rollout_batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4,
                 "reward_functions": reward, "eval_split_ratio": 0.5},

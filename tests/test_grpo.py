@@ -218,3 +218,87 @@ def test_the_shipped_reward_functions_pay_the_right_number_above_the_format_and_
     assert scores.tolist() == [1.25, 0.25, 1.0]  # right and formatted; formatted, wrong; right, unformatted
     with pytest.raises(UserError, match=r"correct_reward raised ValueError: no 'What is a \+ b\?'"):
         rewards(["Tell me a joke"], ["Answer: 3"])
+
+
+# --- grpo_preset: a published variant's trl options set together, each a recorded decision ----------------------
+
+# What each preset sets, as the README's table says (written out here, not read from finetune_kit/rl/presets.py).
+PRESET_TABLE = {
+    "dapo": {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "mask_truncated_completions": True,
+             "beta": 0.0},
+    "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none", "beta": 0.0},
+    "gspo": {"importance_sampling_level": "sequence", "loss_type": "grpo", "epsilon": 3e-4, "epsilon_high": 4e-4,
+             "beta": 0.0},
+    "cispo": {"loss_type": "cispo", "epsilon_high": 5.0},
+    "grpo": {"loss_type": "grpo", "scale_rewards": "group", "importance_sampling_level": "token", "beta": 0.04},
+}
+
+
+def preset_applied(tmp_path, yaml: dict, cli: tuple = ()):
+    """The grpo recipe's config after its preset decisions, as its main() makes them (parse, then the preset)."""
+    from finetune_kit.config import parse_config
+    from finetune_kit.config_decoder import GRPORecipeConfig
+    from finetune_kit.decisions import Decisions
+    from finetune_kit.rl.presets import preset_decisions
+
+    argv = ["--config", write_config(tmp_path / "g.yaml", {"dataset_name": "d.jsonl", "output_dir": str(tmp_path),
+                                                           "reward_functions": ["m:f"], **yaml}), *cli]
+    cfg = parse_config(GRPORecipeConfig, argv)
+    decisions = Decisions(cfg, argv)
+    decisions.add(cfg, *preset_decisions(cfg.preset.grpo_preset, decisions.user))
+    return cfg.training, {d.key: d for d in decisions.made if d.why.startswith("grpo_preset")}
+
+
+@pytest.mark.parametrize("preset", PRESET_TABLE)
+def test_a_preset_sets_exactly_its_documented_options(tmp_path, preset):
+    plain, none_decided = preset_applied(tmp_path, {})
+    args, decided = preset_applied(tmp_path, {"grpo_preset": preset})
+    table = PRESET_TABLE[preset]
+    assert {key: getattr(args, key) for key in table} == table
+    assert set(decided) == set(table) and all(preset in d.why for d in decided.values())
+    before = plain.to_dict()
+    changed = {k for k, v in args.to_dict().items() if v != before[k]}
+    assert changed <= set(table) and not none_decided  # nothing else moves; no preset, no preset decisions
+
+
+@pytest.mark.parametrize("where", ["yaml", "cli"])
+def test_a_key_set_by_hand_wins_over_the_preset(tmp_path, where):
+    yaml, cli = ({"grpo_preset": "dapo", "epsilon_high": 0.35}, ()) if where == "yaml" else \
+        ({"grpo_preset": "dapo"}, ("--epsilon_high", "0.35"))
+    args, decided = preset_applied(tmp_path, yaml, cli)
+    assert args.epsilon_high == 0.35 and "epsilon_high" not in decided
+    assert args.loss_type == "dapo" and args.mask_truncated_completions is True and set(decided) == \
+        set(PRESET_TABLE["dapo"]) - {"epsilon_high"}
+
+
+def test_an_unknown_preset_is_a_one_line_config_error(tmp_path, capsys):
+    from finetune_kit.cli import main
+
+    config = write_config(tmp_path / "g.yaml", {"dataset_name": "d.jsonl", "output_dir": str(tmp_path / "o"),
+                                                "reward_functions": ["m:f"], "grpo_preset": "ppo"})
+    with pytest.raises(SystemExit) as done:
+        main(["train", "grpo", "--config", config])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: config key 'grpo_preset'") and "invalid choice: 'ppo'" in err and "'dapo'" in err
+    with pytest.raises(SystemExit):  # rloo has no presets: trl's RLOOConfig has none of the options they set
+        main(["train", "rloo", "--config", config])
+    assert "unknown config key 'grpo_preset'" in capsys.readouterr().err
+
+
+def test_the_recipe_hands_the_preset_to_trl_and_records_it(grpo_setup):
+    """grpo_preset: grpo (DeepSeekMath) turns the KL term on (beta 0.04): trl loads a reference and logs the KL;
+    scale_rewards set by hand stays; run_info.json says which value came from the preset."""
+    import yaml
+
+    tmp_path, base = grpo_setup
+    cfg = {**{k: v for k, v in base.items() if k not in ("eval_split_ratio", "guard_eval_steps", "save_steps")},
+           "max_steps": 1, "grpo_preset": "grpo", "scale_rewards": "batch"}
+    run_recipe("grpo", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    out = tmp_path / "out"
+    decisions = json.loads((out / "run_info.json").read_text())["decisions"]
+    assert {k: v["value"] for k, v in decisions.items() if "grpo_preset grpo" in v["why"]} == \
+        {k: v for k, v in PRESET_TABLE["grpo"].items() if k != "scale_rewards"}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["scale_rewards"] == "batch" and resolved["beta"] == 0.04 and resolved["loss_type"] == "grpo"
+    assert any("kl" in e for e in json.loads((out / "log_history.json").read_text()))  # beta reached trl

@@ -15,6 +15,7 @@ from finetune_kit.data.preference import (
     normalise_pair,
     normalise_prompt,
     normalise_unpaired,
+    pairs_with_answer_room,
 )
 from finetune_kit.data.readers import read_rows
 from finetune_kit.errors import DataError, UserError
@@ -30,15 +31,16 @@ ROW_NORMALISERS: dict[str, Normaliser | None] = {"sft": None, "text": partial(no
                                                  "prompt": normalise_prompt}
 
 __all__ = [
+    "encode_prompt",
     "end_of_turn_is_trained",
     "load_rows",
     "load_sft_datasets",
-    "encode_prompt",
     "normalise_pair",
     "normalise_prompt",
     "normalise_unpaired",
-    "tokenize_sft_dataset",
+    "pairs_with_answer_room",
     "tokenize_conversation",
+    "tokenize_sft_dataset",
 ]
 
 
@@ -84,22 +86,34 @@ def cap_train(train: Dataset, max_train_samples: int | None) -> Dataset:
     return train.select(range(min(max_train_samples, len(train)))) if max_train_samples else train
 
 
-def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None = None) -> tuple[Dataset, Dataset | None]:
-    """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows.
+def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None = None,
+                      streaming: bool = False) -> tuple[Dataset, Dataset | None]:
+    """Train and (optional) validation datasets: from a separate source, or a seeded split of the training rows; a
+    mixture of sources when `datasets` is set (finetune_kit/data/mixing.py).
 
-    `normaliser(row, where)` validates and reshapes each row; the default handles the SFT formats.
+    `normaliser(row, where)` validates and reshapes each row; the default handles the SFT formats. `streaming` (the
+    recipes that take it pass `data.streaming`): the training rows as an IterableDataset, read as training goes.
     """
     from datasets import Dataset
 
-    train = Dataset.from_list(load_rows(data_args.dataset_name, data_args, data_args.dataset_train_split, normaliser))
+    from finetune_kit.data import mixing
+
+    if streaming:  # read as training consumes it (validation data is read whole: it is scored in full)
+        parts = [mixing.stream(source, source.dataset_train_split, normaliser) for source in mixing.source_args(data_args)]
+    else:
+        parts = [Dataset.from_list(load_rows(source.dataset_name, source, source.dataset_train_split, normaliser))
+                 for source in mixing.source_args(data_args)]
+    train = mixing.mix(parts, data_args, seed)
     evaluation = None
     if data_args.eval_dataset_name:
         evaluation = Dataset.from_list(load_rows(data_args.eval_dataset_name, data_args, "validation", normaliser))
     elif data_args.eval_split_ratio:
         if len(train) < 2:
-            raise DataError(f"{data_args.dataset_name}: too few rows ({len(train)}) to hold out a validation split.")
-        parts = split(train, data_args.eval_split_ratio, data_args.seed_for_split(seed), data_args.dataset_name)
+            raise DataError(f"{data_args.source_label()}: too few rows ({len(train)}) to hold out a validation split.")
+        parts = split(train, data_args.eval_split_ratio, data_args.seed_for_split(seed), data_args.source_label())
         train, evaluation = parts["train"], parts["test"]
+    if streaming:
+        return train.take(data_args.max_train_samples) if data_args.max_train_samples else train, evaluation
     train = cap_train(train, data_args.max_train_samples)
     return train, evaluation
 
@@ -117,10 +131,16 @@ def tokenize_sft_dataset(dataset: Dataset, tokenizer, num_proc: int | None = Non
     trl tokenizes `prompt`/`completion` and `text` rows itself, with completion-only loss for the former.
     `num_proc` (trl's `dataset_num_proc`) unset: one process per core, up to 8, from PARALLEL_TOKENIZE_ROWS rows.
     """
-    if "messages" not in dataset.column_names:
+    from datasets import Dataset
+    from trl.data_utils import get_dataset_column_names
+
+    columns = get_dataset_column_names(dataset)  # a stream's are read from its first row
+    if "messages" not in columns:
         return dataset
     if not tokenizer.chat_template:
         raise UserError(NO_CHAT_TEMPLATE)
+    if not isinstance(dataset, Dataset):  # a stream: each row tokenized as training reads it
+        return dataset.map(lambda row: tokenize_conversation(tokenizer, row["messages"]), remove_columns=columns)
     if num_proc is None and len(dataset) >= PARALLEL_TOKENIZE_ROWS:
         num_proc = min(os.cpu_count() or 1, 8)
     return dataset.map(
@@ -132,8 +152,9 @@ def tokenize_sft_dataset(dataset: Dataset, tokenizer, num_proc: int | None = Non
 
 
 def require_replies_within(dataset: Dataset, max_length: int | None, where: str) -> None:
-    """Before weights load: trl drops rows whose reply truncation cuts off entirely; all of them is a data error."""
-    if max_length and "assistant_masks" in dataset.column_names and \
+    """Before weights load: trl drops rows whose reply truncation cuts off entirely; all of them is a data error.
+    (A stream is not read ahead: there trl's drop shows as steps on fewer rows.)"""
+    if max_length and hasattr(dataset, "__len__") and "assistant_masks" in dataset.column_names and \
             not any(any(mask[:max_length]) for mask in dataset["assistant_masks"]):
         raise DataError(f"{where}: no training row keeps a reply token within max_length {max_length}; raise "
                         "max_length (`finetune-kit check` shows the lengths).")

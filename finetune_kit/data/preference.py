@@ -15,12 +15,14 @@ assistant turn is the completion) / `conversations` plus a boolean `label` (LLaM
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from finetune_kit.data.formats import MESSAGE_ROLES, SHAREGPT_ROLES
 from finetune_kit.errors import DataError
 
+logger = logging.getLogger(__name__)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
@@ -187,3 +189,34 @@ def encode_prompt(tokenizer, prompt: list[dict[str, str]], max_length: int, wher
     if len(ids) > max_length:
         raise DataError(f"{where}: the prompt is {len(ids)} tokens, over max_prompt_length ({max_length}).")
     return ids
+
+
+def pairs_with_answer_room(dataset, tokenizer, max_length: int, skip: bool, where: str):
+    """The pairs whose prompt leaves at least one answer token within `max_length`, as trl's ORPO / CPO trainers
+    (1.16) tokenize them: they keep the prompt whole and cut only the answers, so a prompt that fills max_length leaves
+    empty answers, whose length-averaged log-probability is 0 / 0 (NaN: the first such batch ends the run). Such
+    pairs are a `DataError` naming the first and how many; with `skip` (skip_invalid_rows) they are dropped and
+    counted."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    bos = tokenizer.bos_token_id
+
+    def prompt_tokens(row) -> int:
+        ids = tokenizer(maybe_apply_chat_template(row, tokenizer)["prompt"], add_special_tokens=False)["input_ids"]
+        return len(ids) + (bos is not None and (not ids or ids[0] != bos))  # trl adds a BOS where there is none
+
+    lengths = [prompt_tokens(row) for row in dataset]
+    full = [i for i, n in enumerate(lengths) if n >= max_length]
+    if not full:
+        return dataset
+    if not skip:
+        raise DataError(f"{where}: {len(full)} of {len(dataset)} pairs have a prompt of max_length={max_length} "
+                        f"tokens or more (row {full[0] + 1}: {lengths[full[0]]}), leaving no answer to score (this "
+                        "recipe keeps prompts whole and cuts answers). Raise max_length, or set skip_invalid_rows: "
+                        "true to drop them.")
+    if len(full) == len(dataset):
+        raise DataError(f"{where}: every prompt is max_length={max_length} tokens or longer; raise max_length.")
+    logger.warning("%s: dropped %d of %d pairs whose prompt alone is max_length=%d tokens or more (skip_invalid_rows)",
+                   where, len(full), len(dataset), max_length)
+    dropped = set(full)
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])

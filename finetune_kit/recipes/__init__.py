@@ -41,6 +41,9 @@ class Recipe:
     # Sequences one training example puts through the model at once (chosen and rejected: 2; KTO's completion and
     # its mismatched KL completion: 2): scales the activation term of the memory estimate and auto checkpointing.
     sequences_per_example: int = 1
+    # Its trainer keeps each prompt whole and cuts only the answers to max_length (trl's ORPO / CPO): a prompt that
+    # fills max_length leaves nothing to score, so such pairs are refused (or skipped) by train and check alike.
+    keeps_prompt_whole: bool = False
     # Keys of the shared parts (model, data, run) that this recipe does not read: refused by name when set, never
     # accepted and ignored.
     unread: tuple[str, ...] = ()
@@ -79,9 +82,21 @@ _DEC, _TASK = "finetune_kit.config_decoder", "finetune_kit.config_tasks"
 # LoRA task type themselves (the head must be trained and saved).
 _ENCODER_UNREAD = ("model_revision", "dtype", "attn_implementation", "load_in_8bit", "load_in_4bit",
                    "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "lora_task_type",
-                   "dataset_config", "dataset_train_split", "dataset_format", "skip_invalid_rows")
-# Recipes whose rows have one fixed shape (a normaliser): dataset_format is not theirs to choose.
-_SHAPED = ("dataset_format",)
+                   "dataset_config", "dataset_train_split", "dataset_format", "skip_invalid_rows", "datasets",
+                   "mix_strategy", "streaming")
+# Recipes whose rows have one fixed shape (a normaliser): dataset_format is not theirs to choose. They read their
+# data whole (streaming: sft and pretrain only; mixtures: every decoder recipe).
+_SHAPED = ("dataset_format", "streaming")
+# trl's ORPO / CPO configs carry keys for encoder-decoder models and for a model named by string (model_init_kwargs
+# would raise there: the recipes load the model themselves); these decoder recipes read none of them.
+_PAIRS_UNREAD = (*_SHAPED, "max_completion_length", "is_encoder_decoder", "model_init_kwargs")
+# GKD is an SFTTrainer whose own collator renders the conversations and whose own loss replaces SFT's: these SFT
+# keys shape data or loss it never prepares or computes; the student and teacher are loaded by the recipe, which
+# reads its data whole (no streaming).
+_DISTILL_UNREAD = ("streaming", "packing", "packing_strategy", "padding_free", "eval_packing", "dataset_text_field",
+                   "dataset_num_proc", "dataset_kwargs", "completion_only_loss", "assistant_only_loss", "loss_type",
+                   "truncation_mode", "pad_to_multiple_of", "label_smoothing_factor", "router_aux_loss_coef",
+                   "chat_template_path", "model_init_kwargs", "teacher_model_init_kwargs")
 # What our PPO loop (finetune_kit/rl/ppo.py) reads of transformers' TrainingArguments: AdamW, clipping, steps, saving.
 _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
                  "max_grad_norm", "max_steps", "logging_steps", "save_strategy", "save_steps",
@@ -97,16 +112,29 @@ RECIPES: list[Recipe] = [
     Recipe("sft", "supervised fine-tuning of a causal LM on instruction / chat data (LoRA, QLoRA, DoRA, full)",
            f"{_DEC}:SFTRecipeConfig", "decoder", rows="sft", checks=_COMMON),
     Recipe("pretrain", "continued causal-LM pretraining on plain text (packed blocks)",
-           f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=_SHAPED, checks=_COMMON),
+           f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=("dataset_format",), checks=_COMMON),
     Recipe("reward", "a reward model: one-score head on a causal LM, trained on preference pairs",
            f"{_DEC}:RewardRecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
            checks=(*_COMMON, cc.reward_head_with_lora)),
+    # Step-labelled rows have one shape and are read whole, problems kept together (no mixtures); the recipe sets
+    # the LoRA task type itself (TOKEN_CLS: the new head is trained and saved).
+    Recipe("prm", "a process reward model: scores each reasoning step (token head at the step separator), ranks "
+           "solutions; a reward for grpo / ppo", f"{_DEC}:PRMRecipeConfig", "decoder",
+           unread=(*_SHAPED, "datasets", "mix_strategy", "lora_task_type"),
+           checks=(*_COMMON, cc.step_separator_given), data_check="finetune_kit.tasks.steps:step_rows"),
     Recipe("dpo", "direct preference optimisation on chosen / rejected pairs (trl DPOTrainer)",
            f"{_DEC}:DPORecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
            checks=(*_COMMON, cc.beta_positive)),
     Recipe("kto", "KTO on unpaired desirable / undesirable answers (trl KTOTrainer)",
            f"{_DEC}:KTORecipeConfig", "decoder", rows="unpaired", sequences_per_example=2, unread=_SHAPED,
            checks=(*_COMMON, cc.beta_positive)),
+    Recipe("orpo", "odds-ratio preference optimisation: SFT and preference in one loss, no reference model "
+           "(trl ORPOTrainer)", f"{_DEC}:ORPORecipeConfig", "decoder", rows="pair", sequences_per_example=2,
+           unread=_PAIRS_UNREAD, checks=(*_COMMON, cc.beta_positive), keeps_prompt_whole=True),
+    Recipe("cpo", "contrastive preference optimisation and SimPO (loss_type simpo, cpo_alpha 0), no reference model "
+           "(trl CPOTrainer)", f"{_DEC}:CPORecipeConfig", "decoder", rows="pair", sequences_per_example=2,
+           unread=_PAIRS_UNREAD, checks=(*_COMMON, cc.beta_positive, cc.cpo_alpha_not_negative),
+           keeps_prompt_whole=True),
     Recipe("ppo", "PPO with a value head against a reward model or reward functions (our loop)",
            f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING,
            checks=_PPO_CHECKS),
@@ -116,6 +144,13 @@ RECIPES: list[Recipe] = [
     Recipe("rloo", "REINFORCE leave-one-out against reward models / functions (trl RLOOTrainer)",
            f"{_DEC}:RLOORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
            checks=(*_COMMON, cc.has_reward_source, *_GUARD_CHECKS)),
+    Recipe("online_dpo", "online DPO: two sampled answers per prompt, a reward model / function picks the chosen one "
+           "(trl OnlineDPOTrainer)", f"{_DEC}:OnlineDPORecipeConfig", "decoder", rows="prompt",
+           sequences_per_example=2, unread=(*_SHAPED, "max_prompt_length", "reward_model_path", "model_init_kwargs"),
+           checks=(*_COMMON, cc.has_reward_source, cc.betas_positive, *_GUARD_CHECKS)),
+    Recipe("distill", "knowledge distillation: a student learns a teacher's next-token distributions on SFT data "
+           "(trl GKDTrainer)", "finetune_kit.config_distill:DistillRecipeConfig", "decoder", rows="sft",
+           unread=_DISTILL_UNREAD, checks=(*_COMMON, cc.distill_has_teacher, cc.student_config_trains_whole)),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
            f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD, checks=_CLASSIFIER_CHECKS,
            data_check="finetune_kit.tasks.classification:labelled_examples"),
@@ -238,7 +273,7 @@ def write_key_index() -> dict:
         fields = {}
         for action in _parser_for(row.config_type())._actions:
             name = action.dest
-            if name not in part_of or name in fields or not action.option_strings[0] == f"--{name}":
+            if name not in part_of or name in fields or action.option_strings[0] != f"--{name}":
                 continue
             kind = getattr(action.type, "__name__", "")
             kind = ("raw" if name in mappings else "bool" if kind == "string_to_bool" else "choice"

@@ -6,7 +6,9 @@
 For each prompt trl samples `num_generations` answers and uses each answer's reward relative to its group as the
 advantage: no value head. Rewards come from a reward-model run (`reward_model`, scored through text with its own
 tokenizer) and / or Python functions (`reward_functions: [module:function]`), exactly as for the ppo recipe, so
-one reward works with both. trl's `beta` (default 0: no reference model) adds a KL term.
+one reward works with both. trl's `beta` (default 0: no reference model) adds a KL term. `grpo_preset` (dapo,
+dr_grpo, gspo, cispo, grpo) sets the loss options of a published variant together (rl/presets.py); a key set by
+hand wins over it.
 
 With held-out prompts (`eval_split_ratio` / `eval_dataset_name`) trl's evaluate samples answers to them and scores
 them: before training, every `guard_eval_steps`, and after (finetune_kit/rl/online.py). The guard (rl/guard.py, as
@@ -28,6 +30,7 @@ from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.rl.guard import keep_policy_decision
 from finetune_kit.rl.online import fused_head_in_fp32, guarded_train
+from finetune_kit.rl.presets import preset_decisions
 from finetune_kit.rl.rewards import RewardSources
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.trainer_setup import prepare_trainer
@@ -36,6 +39,7 @@ from finetune_kit.trainer_setup import prepare_trainer
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPORecipeConfig, argv)
     decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
+    decisions.add(cfg, *preset_decisions(cfg.preset.grpo_preset, decisions.user))  # before trl reads beta & co.
     args = cfg.training
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,

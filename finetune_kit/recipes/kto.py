@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_unpaired)
     good = sum(train_dataset["label"])
     if good in (0, len(train_dataset)):
-        raise DataError(f"{cfg.data.dataset_name}: every training row has label {bool(good)}; KTO needs both "
+        raise DataError(f"{cfg.data.source_label()}: every training row has label {bool(good)}; KTO needs both "
                         "desirable and undesirable examples.")
     print(f"KTO data: {good} desirable, {len(train_dataset) - good} undesirable training rows")
 

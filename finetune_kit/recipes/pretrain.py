@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
     # Every row must hold non-empty text; the row is named otherwise.
-    train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=partial(normalise, fmt="text"))
+    train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=partial(normalise, fmt="text"),
+                                                     streaming=cfg.data.streaming)
 
     decisions.add(cfg, activation_checkpointing(cfg, decisions.user, longest_sequence(train_dataset, args.max_length, args.packing),
                                                  recipes.get("pretrain").sequences_per_example))

@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.chat_template = _read_chat_template(args.chat_template_path)
         args.chat_template_path = None  # applied here, so trl must not apply it again
 
-    train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed)
+    train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed, streaming=cfg.data.streaming)
     train_dataset = tokenize_sft_dataset(train_rows, tokenizer, args.dataset_num_proc)
     eval_dataset = tokenize_sft_dataset(eval_rows, tokenizer, args.dataset_num_proc) if eval_rows is not None else None
-    require_replies_within(train_dataset, args.max_length, cfg.data.dataset_name)
+    require_replies_within(train_dataset, args.max_length, cfg.data.source_label())
 
     decisions.add(cfg, *fast_path_decisions(cfg, decisions.user))  # flash attention, packing, Liger where they pay
     longest = longest_sequence(train_dataset, args.max_length, args.packing)

@@ -120,8 +120,12 @@ class HeldOutRewardGuard(TrainerCallback):
         self._stop(self.best.offer(state.global_step, result), state, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and logs.get("kl") is not None and "completions/mean_length" in logs:
+        if not logs:
+            return
+        per_answer = logs.get("objective/kl")  # online DPO logs it summed over each answer's tokens already
+        if per_answer is None and logs.get("kl") is not None and "completions/mean_length" in logs:
             per_answer = logs["kl"] * logs["completions/mean_length"]
+        if per_answer is not None:
             self._stop(kl_exceeded({"kl": per_answer, "step": state.global_step}, self.kl_ceiling), state, control)
 
     def _stop(self, reason: str | None, state, control) -> None:

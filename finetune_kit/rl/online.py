@@ -1,6 +1,8 @@
-"""Training trl's online RL trainers (GRPO, RLOO) under the run-level guard, with held-out scoring before and after.
+"""Training trl's online RL trainers (GRPO, RLOO, online DPO) under the run-level guard, with held-out scoring before
+and after.
 
-trl's `evaluate` samples answers to the held-out prompts and scores them with the run's rewards (`eval_reward`).
+trl's `evaluate` samples answers to the held-out prompts and scores them with the run's rewards (`eval_reward`;
+online DPO's is ours, rl/online_dpo.py, as trl's OnlineDPOTrainer has none).
 The recipe scores them before training (the guard's step 0), the guard every `guard_eval_steps` (rl/guard.py),
 and once more after, on the kept policy. Before and after use one fixed sampling seed, so the two differ by the
 policy only; the training's random stream goes on as if they had not run.
@@ -14,10 +16,15 @@ from finetune_kit.decisions import Decision, Decisions
 from finetune_kit.rl.guard import HeldOutRewardGuard
 
 
-def guarded_train(trainer, cfg, eval_dataset, resume: str | None, decisions: Decisions) -> dict:
-    """trainer.train() with the guard; metrics with `before` / `after` (held-out) and `guard` where scored."""
+def guarded_train(trainer, cfg, eval_dataset, resume: str | None, decisions: Decisions,
+                  answers_per_prompt: int | None = None) -> dict:
+    """trainer.train() with the guard; metrics with `before` / `after` (held-out) and `guard` where scored.
+
+    `answers_per_prompt`: how many answers an evaluation samples per held-out prompt; by default GRPO / RLOO's
+    `num_generations_eval` (else `num_generations`)."""
     args, guarding = cfg.training, cfg.guard
-    answers = len(eval_dataset) * (args.num_generations_eval or args.num_generations) if eval_dataset else 0
+    per_prompt = answers_per_prompt or args.num_generations_eval or args.num_generations
+    answers = len(eval_dataset) * per_prompt if eval_dataset else 0
     guard = HeldOutRewardGuard(trainer.model, guarding.guard_eval_steps if answers else 0, answers,
                                guarding.kl_ceiling if args.beta else 0.0)
     trainer.add_callback(guard)

@@ -1,7 +1,8 @@
 """Reward sources for online RL (PPO, GRPO): a trained reward model, and Python reward functions.
 
 A reward model is scored through text: the prompt and the answer are rendered with the reward model's own
-tokenizer and chat template, so a policy and a reward model with different tokenizers work together. A function is
+tokenizer and chat template, so a policy and a reward model with different tokenizers work together; a run of the
+prm recipe scores the answer's steps instead (finetune_kit/rl/prm.py: its solution score, in [0, 1]). A function is
 named `module:function` or `path/to/file.py:function`; it gets the prompts (text or conversations) and the answers
 (text) and returns one number per answer. Several sources are summed. Wrong counts, non-finite values and
 exceptions are reported with the source's name.
@@ -17,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from finetune_kit.errors import UserError
+from finetune_kit.rl.prm import ProcessRewardScorer, run_folder
 
 
 def load_reward_function(spec: str) -> Callable:
@@ -92,8 +94,9 @@ class RewardSources:
     def __init__(self, reward_model: str | None, functions: list[str] | None, device="cpu"):
         self.sources: list[Callable] = [load_reward_function(spec) for spec in functions or []]
         self.names = list(functions or [])
-        if reward_model:
-            self.sources.append(RewardModelScorer(reward_model, device))
+        if reward_model:  # a prm run scores the answer's steps (rl/prm.py); any other, the whole answer
+            scorer = ProcessRewardScorer if run_folder(reward_model) else RewardModelScorer
+            self.sources.append(scorer(reward_model, device))
             self.names.append(self.sources[-1].__name__)
 
     def __call__(self, prompts: list, answers: list[str]) -> torch.Tensor:
@@ -109,7 +112,8 @@ class RewardSources:
                 answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
                 return call_reward(source, name, prompts, answers).tolist()
             # trl logs rewards/<name>/mean: the function's own name, or reward_model
-            reward.__name__ = "reward_model" if isinstance(source, RewardModelScorer) else name.rpartition(":")[2]
+            reward.__name__ = "reward_model" if isinstance(source, (RewardModelScorer, ProcessRewardScorer)) \
+                else name.rpartition(":")[2]
             return reward
         return [wrap(name, source) for name, source in zip(self.names, self.sources)]
 

@@ -1,0 +1,102 @@
+"""The `trl-tuned` arm's settings: a small grid of trl's documented SFTConfig speed options, swept once on this machine.
+
+    python -m benchmarks trl_sweep [--examples 32 --eval_examples 8 ...]     # -> benchmarks/results/trl_sweep.json
+
+Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
+benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
+length-grouped batches, `padding_free`, packing (bfd), and bf16 (the hardware guess says no here; measured once to
+check). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
+the arm must not change because a rerun on a busy machine ranked two close points the other way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = {
+    "defaults": {},
+    "no-checkpointing": {"gradient_checkpointing": False},
+    "no-checkpointing+group_by_length": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"},
+    "checkpointing+group_by_length": {"train_sampling_strategy": "group_by_length"},
+    "no-checkpointing+padding_free": {"gradient_checkpointing": False, "padding_free": True},
+    "no-checkpointing+packing": {"gradient_checkpointing": False, "packing": True},
+    "no-checkpointing+group_by_length+bf16": {"gradient_checkpointing": False,
+                                              "train_sampling_strategy": "group_by_length", "bf16": True},
+}
+
+
+def main(argv: list[str]) -> dict:
+    from benchmarks.harness import options
+
+    if "--point" in argv:  # one point, in this process
+        i = argv.index("--point")
+        name, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+        opts = options(["sft", *rest])
+        opts.train_file, opts.eval_file = Path(opts.train_file), Path(opts.eval_file)
+        from benchmarks.arms import _sft_trl
+
+        settings = {"bf16": False, **GRID[name]}  # fp32 unless the point says bf16 (trl's own default is bf16)
+        Path(opts.result).write_text(json.dumps(_sft_trl(opts, **settings)))
+        return {}
+    return sweep(argv)
+
+
+def sweep(argv: list[str]) -> dict:
+    from benchmarks.arms import training_lengths, write_subsets
+    from benchmarks.harness import options
+    from benchmarks.record_run import machine
+    from finetune_kit.runs import package_versions
+
+    defaults = ["--examples", "32", "--eval_examples", "8"]
+    opts = options(["sft", *defaults, *argv])
+    points = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(tmp))
+        tokens = sum(training_lengths(opts.model, files[0], opts.max_length))
+        for name, settings in GRID.items():
+            result = Path(tmp) / f"{name}.json"
+            command = [sys.executable, "-m", "benchmarks.trl_sweep", *defaults, *argv, "--point", name, "--result",
+                       str(result), "--out", str(Path(tmp) / "run"), "--train_file", str(files[0]), "--eval_file",
+                       str(files[1])]
+            load, started = os.getloadavg(), time.time()
+            done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
+                                  text=True, check=False)
+            if done.returncode:
+                sys.stderr.write(done.stderr[-5000:])
+                last = [line for line in done.stderr.splitlines() if line.strip()][-1:]
+                points[name] = {"settings": settings, "error": f"exit {done.returncode}: {''.join(last)}"}
+                continue
+            summary = json.loads(result.read_text())
+            points[name] = {"settings": settings, "tokens_per_second": tokens / summary["train_runtime"],
+                            "train_runtime": summary["train_runtime"], "steps": len(summary["losses"]),
+                            "mean_train_loss": summary["mean_train_loss"], "heldout_loss": summary["heldout_loss"],
+                            "peak_rss_training_mb": summary["peak_memory_mb"]["rss_training"],
+                            "loadavg_start": load, "loadavg_end": os.getloadavg(),
+                            "wall_seconds": round(time.time() - started, 1)}
+    base = points["defaults"].get("heldout_loss")
+    ok = {n: p for n, p in points.items() if "error" not in p and base and p["heldout_loss"] <= base * 1.02}
+    best = max(ok, key=lambda n: ok[n]["tokens_per_second"]) if ok else None
+    result = {"name": "trl_sweep", "command": "python -m benchmarks trl_sweep " + " ".join(argv),
+              "settings": {k: v for k, v in vars(opts).items() if k in ("model", "data", "examples", "eval_examples",
+                                                                       "batch", "accumulation", "max_length",
+                                                                       "learning_rate", "seed")},
+              "trained_tokens": tokens, "points": points, "best": best,
+              "rule": "fastest point with held-out reply loss within 2% of the defaults' (fp32 unless named bf16)",
+              "machine": machine(), "versions": package_versions()}
+    out = Path(opts.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trl_sweep.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({n: {k: p.get(k) for k in ("tokens_per_second", "heldout_loss", "steps", "error")}
+                      for n, p in points.items()}, indent=2), "\nbest:", best)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
