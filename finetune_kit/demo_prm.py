@@ -25,7 +25,7 @@ import random
 import re
 from pathlib import Path
 
-SPLITS = {"train": 300, "validation": 32, "test": 64}  # problems; 4 candidate solutions each
+SPLITS = {"train": 200, "validation": 32, "test": 64}  # problems; 4 candidate solutions each
 CANDIDATES = 4
 OPS = {"add": ("add {b}", lambda x, b: x + b), "sub": ("subtract {b}", lambda x, b: x - b),
        "mul": ("multiply by {b}", lambda x, b: x * b)}
