@@ -21,6 +21,12 @@ if os.environ.get("FINETUNE_KIT_VERBOSE", "") in ("", "0"):
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in
                                                                  record.getMessage())
 
+# A CUDA torchvision beside a CPU torch (PyPI's wheels on this project's machines) fails its own import, and with it
+# transformers' and timm's; finetune_kit/torchvision_compat.py. An import hook only: nothing heavy is imported here.
+from finetune_kit import torchvision_compat as _torchvision_compat
+
+_torchvision_compat.install()
+
 
 
 def quiet_libraries() -> None:

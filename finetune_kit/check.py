@@ -74,6 +74,14 @@ def check(argv: list[str] | None) -> int:
         check_output_dir(cfg.training.output_dir, cfg.run.overwrite_output_dir, cfg.training.resume_from_checkpoint)
     print(f"config ({name}): ok")
     decisions = Decisions(cfg, argv)  # the same decisions train would print
+    if row.rows is None and row.length_check:  # every row was read by the preflight; now measured in tokens
+        tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+                                   trust_remote_code=cfg.training.trust_remote_code)
+        warnings = row.measure_rows(cfg, tokenizer)
+        for warning in warnings:
+            print(f"warning: {warning}")
+        print("result: " + ("warnings" if warnings else "clean (memory is estimated for the decoder recipes)"))
+        return 1 if warnings else 0
     if row.rows is None:
         print("result: clean (config only: data and memory checks cover the decoder recipes)")
         return 0

@@ -75,7 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="chat in the terminal, answers streamed token by token")
     _generation_args(chat)
     chat.add_argument("--system", help="system prompt")
-    gen = commands.add_parser("generate", help="answer every prompt of a jsonl file (field 'prompt')")
+    gen = commands.add_parser("generate", help="answer every prompt of a jsonl file (field 'prompt'); a seq2seq run "
+                              "reads each prompt as a source (its task prefix added)")
     _generation_args(gen)
     gen.add_argument("--input", required=True, type=Path)
     gen.add_argument("--output", required=True, type=Path)
@@ -94,7 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tok.add_argument("checkpoint")
     tok.add_argument("text")
     tok.add_argument("--chat", action="store_true", help="render the text as a user turn with the chat template")
-    predict = commands.add_parser("predict", help="classify new texts with a trained classifier")
+    predict = commands.add_parser("predict", help="classify / tag new texts, answer questions, or transform texts "
+                                  "with a seq2seq run (its task prefix and generation settings)")
     predict.add_argument("--model", required=True)
     predict.add_argument("--text", action="append", help="a text to classify (repeatable)")
     predict.add_argument("--text_pair", action="append", help="second text of a pair (repeatable, same count)")
@@ -158,9 +160,10 @@ def _main(argv: list[str] | None) -> None:
                 read_adapter_config(Path(args.model).expanduser())
             require_weights(args.model, args.model)
         options = _options(args) if args.command != "serve" else None
-        from finetune_kit.models import load_for_inference, require_generative
+        from finetune_kit.models import is_seq2seq, load_for_inference, require_generative
 
-        require_generative(args.model)
+        if not (args.command == "generate" and is_seq2seq(args.model)):  # generate also runs seq2seq models
+            require_generative(args.model)
         model, tokenizer = load_for_inference(args.model)
     if args.command == "ui":
         from finetune_kit.ui.app import serve_board
@@ -286,16 +289,25 @@ def _require_output_file(path: Path, flag: str) -> None:
 
 
 def _generate(model, tokenizer, prompts: list[str], options, args) -> None:
+    from functools import partial
+
     from tqdm.auto import tqdm
 
     from finetune_kit.files import atomic_output
     from finetune_kit.generation import generate_batch
 
+    answer_batch = partial(generate_batch, options=options)
+    if model.config.is_encoder_decoder:  # no chat template: the prompt is the source, with the run's task prefix
+        from finetune_kit.tasks.seq2seq import generate_texts
+
+        settings = _run_config(args.model)
+        answer_batch = partial(generate_texts, prefix=settings.get("source_prefix"),
+                               max_source_length=settings.get("max_source_length"), **options.generate_kwargs())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.output) as out:  # an existing file is replaced only by a complete new one
         for start in tqdm(range(0, len(prompts), args.batch_size), desc="Generating", unit="batch"):
             batch = prompts[start:start + args.batch_size]
-            for prompt, answer in zip(batch, generate_batch(model, tokenizer, batch, options)):
+            for prompt, answer in zip(batch, answer_batch(model, tokenizer, batch)):
                 out.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
 
 
@@ -329,6 +341,11 @@ def _predict(args) -> None:
     kind = type(model).__name__
     if "TokenClassification" in kind:
         results = [{"text": t, **r} for t, r in zip(texts, tag(model, tokenizer, texts))]
+    elif model.config.is_encoder_decoder and "SequenceClassification" not in kind:
+        from finetune_kit.predict import transduce
+
+        outputs = transduce(model, tokenizer, texts, _run_config(args.model))
+        results = [{"text": t, **r} for t, r in zip(texts, outputs)]
     else:
         results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
     lines = [json.dumps(r) for r in results]
@@ -341,15 +358,21 @@ def _predict(args) -> None:
         print("\n".join(lines))
 
 
-def _run_null_threshold(model: str) -> float:
-    """The null threshold a question_answering run chose or was given (its config.yaml), else 0.0."""
+def _run_config(model: str) -> dict:
+    """The resolved config a run folder recorded (config.yaml); {} for a checkpoint that is no run."""
     import yaml
 
     config = Path(model) / "config.yaml"
     try:
-        value = (yaml.safe_load(config.read_text()) or {}).get("null_score_threshold") if config.is_file() else None
+        values = yaml.safe_load(config.read_text()) if config.is_file() else None
     except (OSError, yaml.YAMLError):
-        value = None
+        values = None
+    return values if isinstance(values, dict) else {}
+
+
+def _run_null_threshold(model: str) -> float:
+    """The null threshold a question_answering run chose or was given (its config.yaml), else 0.0."""
+    value = _run_config(model).get("null_score_threshold")
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 

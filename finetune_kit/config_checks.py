@@ -110,7 +110,8 @@ def lora_values_in_range(cfg) -> str | None:
     return None
 
 
-LENGTH_KEYS = ("max_length", "max_prompt_length", "max_completion_length", "max_new_tokens")
+LENGTH_KEYS = ("max_length", "max_prompt_length", "max_completion_length", "max_new_tokens", "max_source_length",
+               "max_target_length")
 
 
 def lengths_positive(cfg) -> str | None:
@@ -313,6 +314,13 @@ def weights_or_balanced_sampling(cfg) -> str | None:
 def freeze_layers_not_negative(cfg) -> str | None:
     if cfg.task.freeze_layers < 0:
         return f"freeze_layers must be >= 0, got {cfg.task.freeze_layers}."
+    return None
+
+
+def translation_languages_paired(cfg) -> str | None:
+    """seq2seq: translation rows are read by both language codes, or by neither (source / target columns)."""
+    if bool(cfg.task.source_lang) != bool(cfg.task.target_lang):
+        return "source_lang and target_lang go together (translation pairs); set both, or neither for plain columns."
     return None
 
 

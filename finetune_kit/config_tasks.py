@@ -112,14 +112,20 @@ class ImageTaskArguments:
     test_split_ratio: float = field(default=0.0, metadata={"help": "Fraction held out as a test split (stratified)."})
     augment: str = field(default="none", metadata={
         "help": "Training-time augmentation.", "choices": ("none", "flip", "crop", "flip_crop")})
-    image_size: int = field(default=32, metadata={"help": "Input size of the ViT built by vit-tiny-from-config."})
+    image_size: int | None = field(default=None, metadata={
+        "help": "Input size: of the ViT built by vit-tiny-from-config (unset: 32); for a timm checkpoint, replaces "
+                "its data config's size (whole image resized; unset: the checkpoint's own, e.g. 224 center crop)."})
+    class_weights: list[str] | None = field(default=None, metadata={
+        "help": "auto (inverse class frequency) or one weight per label in id order, e.g. [1, 2, 2]."})
+    freeze_layers: int = field(default=0, metadata={
+        "help": "Freeze the embeddings (ViT) or stem (timm) and the lowest N layers (ViT) or stages (timm)."})
     ignore_mismatched_sizes: bool = field(default=False, metadata={
         "help": "Replace a checkpoint's classification head that has a different number of labels."})
 
 
 @dataclass
 class ImageClassificationConfig:
-    """The image_classification recipe: ViT image classification."""
+    """The image_classification recipe: ViT, timm or any image-classification checkpoint."""
 
     model: ModelArguments
     data: DataArguments

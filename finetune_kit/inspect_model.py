@@ -14,7 +14,8 @@ from finetune_kit import recipes
 from finetune_kit.errors import UserError
 from finetune_kit.models import EMBEDDED, embedded_path
 
-VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model"}
+VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model",
+                "timm_wrapper", "resnet", "efficientnet", "mobilenet_v2", "regnet"}
 FAMILY_HEADS = {
     "decoder": ["CausalLM (generation)", "SequenceClassification (reward model)"],
     "encoder": ["SequenceClassification", "TokenClassification", "QuestionAnswering", "MaskedLM"],
@@ -78,6 +79,10 @@ def describe(source: str) -> dict:
     from transformers import AutoConfig
 
     path = embedded_path(source) if source in EMBEDDED else Path(source).expanduser()
+    if source in EMBEDDED and path.suffix == ".pth":  # a legacy state dict: its converted (cached) folder
+        from finetune_kit.models import resolve_checkpoint
+
+        path = Path(resolve_checkpoint(source))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"model file not found: {source}")
@@ -110,7 +115,7 @@ def describe(source: str) -> dict:
     if folder:
         tok = folder / "tokenizer_config.json"
         summary["tokenizer"] = json.loads(tok.read_text()).get("tokenizer_class") if tok.is_file() else None
-        summary["image_processor"] = (folder / "preprocessor_config.json").is_file()
+        summary["image_processor"] = (folder / "preprocessor_config.json").is_file() or config.model_type == "timm_wrapper"
         summary["chat_template"] = (folder / "chat_template.jinja").is_file() or (
             tok.is_file() and "chat_template" in json.loads(tok.read_text()))
         if getattr(config, "id2label", None) and (folder / "config.json").is_file() and \

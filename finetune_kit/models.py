@@ -56,6 +56,10 @@ def resolve_checkpoint(name_or_path: str, whole: bool = False) -> str:
     """
     if name_or_path in EMBEDDED:
         path = embedded_path(name_or_path)
+        if path.suffix == ".pth":  # EfficientNet-Lite0's state dict
+            from finetune_kit.tasks.timm_models import convert_lite0
+
+            return str(convert_lite0(path, cache_dir()))
         return str(convert_gguf(path) if path.suffix == ".gguf" else path)
     require_model_reference(name_or_path)
     if whole:  # the caller loads it with from_pretrained: an adapter run folder will not do
@@ -226,7 +230,7 @@ def _copy_out_of_checkpoint_mapping(model) -> None:
 # peft task type of a saved adapter -> the transformers class its base model loads with.
 _TASK_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
                  "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
-                 "IMAGE_CLS": "AutoModelForImageClassification"}
+                 "IMAGE_CLS": "AutoModelForImageClassification", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM"}
 
 
 def _task_of(folder: Path) -> str | None:
@@ -234,12 +238,14 @@ def _task_of(folder: Path) -> str | None:
     config = folder / "config.json"
     if not config.is_file():
         return None
-    archs = " ".join(json.loads(config.read_text()).get("architectures") or [])
+    values = json.loads(config.read_text())
+    archs = " ".join(values.get("architectures") or [])
     for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
                          ("ForQuestionAnswering", "QUESTION_ANS"), ("ForImageClassification", "IMAGE_CLS")):
         if suffix in archs:
             return task
-    return None
+    # T5 / BART / Marian: their generation class names vary (ForConditionalGeneration, MarianMTModel)
+    return "SEQ_2_SEQ_LM" if values.get("is_encoder_decoder") else None
 
 
 def with_task_adapters(model, model_args, task_type: str | None, head: str | None):
@@ -273,9 +279,21 @@ def require_generative(path: str) -> None:
 
         family = family_of(transformers.AutoConfig.from_pretrained(resolved))
         task = None if family == "decoder" else family
+    if task == "SEQ_2_SEQ_LM":
+        raise UserError(f"{path} is an encoder-decoder (seq2seq) model: chat and serve need a causal LM; "
+                        "`finetune-kit generate` and `finetune-kit predict` run seq2seq models.")
     if task not in (None, "CAUSAL_LM"):
         raise UserError(f"{path} is not a generative (causal LM) model ({task}): chat, generate and serve need one; "
                         "`finetune-kit predict` classifies with encoders and classifiers.")
+
+
+def is_seq2seq(path: str) -> bool:
+    """A local encoder-decoder checkpoint or seq2seq run folder (decided from its config files, no weights read)."""
+    resolved = Path(resolve_checkpoint(path))
+    if not resolved.is_dir():
+        return False
+    adapter = read_adapter_config(resolved)
+    return ((adapter or {}).get("task_type") or _task_of(resolved)) == "SEQ_2_SEQ_LM"
 
 
 def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool = False):
@@ -292,6 +310,11 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
     adapter = read_adapter_config(resolved) if resolved.is_dir() else None
     task = (adapter or {}).get("task_type") or _task_of(resolved)
     auto_class = getattr(transformers, _TASK_CLASSES.get(task, "AutoModelForCausalLM"))
+    if task == "IMAGE_CLS":
+        from finetune_kit.tasks.timm_models import import_timm, is_timm_folder
+
+        if is_timm_folder(resolved):
+            import_timm()  # before transformers imports it for the TimmWrapper classes
     # A classifier run saves its config (labels, head size) beside the adapter; the base must load with it.
     config = {"config": transformers.AutoConfig.from_pretrained(resolved)} \
         if adapter and (resolved / "config.json").is_file() else {}
@@ -304,7 +327,7 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
                 # A stage trained on an earlier adapter run (SFT -> PPO): that run, merged, is the base.
                 base = load_for_inference(str(base_path), trust_remote_code, merge=True)[0]
             else:
-                base = auto_class.from_pretrained(str(base_path), trust_remote_code=trust_remote_code, **config)
+                base = _adapter_base(auto_class, base_path, adapter, config, trust_remote_code)
             model = PeftModel.from_pretrained(base, str(resolved))
             if merge:
                 model = model.merge_and_unload()
@@ -324,10 +347,29 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
     return model.eval(), load_processor(resolved, trust_remote_code)
 
 
+def _adapter_base(auto_class, base_path: Path, adapter: dict, config: dict, trust_remote_code: bool):
+    """The base model of an adapter run, built with the run's config. A classifier run whose head was replaced
+    (another label count) saved that head whole with the adapter (peft's modules_to_save): only the head may differ
+    in shape from the base's weights; any other difference means another base model."""
+    heads = tuple(adapter.get("modules_to_save") or ())
+    if not config or not heads:
+        return auto_class.from_pretrained(str(base_path), trust_remote_code=trust_remote_code, **config)
+    base, info = auto_class.from_pretrained(str(base_path), trust_remote_code=trust_remote_code, **config,
+                                            ignore_mismatched_sizes=True, output_loading_info=True)
+    body = [key for key, *_ in info["mismatched_keys"] if not any(key.startswith(h + ".") for h in heads)]
+    if body:
+        raise RuntimeError(f"size mismatch: {', '.join(body[:3])}")  # answered below as 'does not fit its base'
+    return base
+
+
 def load_processor(folder: Path, trust_remote_code: bool = False):
     """The tokenizer of a text checkpoint, or the image processor of a vision one."""
     has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-    if folder.is_dir() and not has_tokenizer and (folder / "preprocessor_config.json").is_file():
+    from finetune_kit.tasks.timm_models import is_timm_folder
+
+    # A timm checkpoint keeps its data config (input size, mean, std) in config.json, not preprocessor_config.json.
+    if folder.is_dir() and not has_tokenizer and ((folder / "preprocessor_config.json").is_file()
+                                                  or is_timm_folder(folder)):
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(folder)

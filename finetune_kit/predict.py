@@ -1,4 +1,5 @@
-"""`finetune-kit predict`: run a trained classifier on new texts, from the command line or a file."""
+"""`finetune-kit predict`: run a trained classifier, tagger, QA or seq2seq model on new texts, from the command line
+or a file."""
 
 from __future__ import annotations
 
@@ -73,3 +74,15 @@ def answer(model, tokenizer, questions: list[str], contexts: list[str], max_leng
     answers = qa.best_answers(examples, features, output.start_logits.numpy(), output.end_logits.numpy(),
                               null_score_threshold=null_score_threshold)
     return [{"question": e["question"], "answer": answers[e["id"]]} for e in examples]
+
+
+def transduce(model, tokenizer, texts: list[str], settings: dict) -> list[dict]:
+    """A seq2seq run's output for each text, produced as its evaluation produced them: the run's source_prefix and
+    max_source_length, greedy or its generation_num_beams, up to its generation_max_length (config.yaml)."""
+    from finetune_kit.tasks.seq2seq import generate_texts
+
+    longest = settings.get("generation_max_length") or (settings.get("max_target_length") or 128) + 1
+    outputs = generate_texts(model, tokenizer, texts, settings.get("source_prefix"),
+                             max_source_length=settings.get("max_source_length"), do_sample=False,
+                             num_beams=settings.get("generation_num_beams") or 1, max_new_tokens=longest - 1)
+    return [{"output": output} for output in outputs]

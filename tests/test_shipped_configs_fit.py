@@ -1,5 +1,6 @@
 """Shipped configs fit their data: `finetune-kit check` on each shipped config with its default data reports no
-truncated or dropped rows, unless the YAML says why that is accepted (a `# truncation accepted:` line).
+truncated or dropped rows (seq2seq: cut sources or targets), unless the YAML says why that is accepted (a
+`# truncation accepted:` line).
 
 Generated data is written into a temporary folder; data under ../shared is used where it exists (a user's clone has
 none: those configs are then skipped); configs of hub checkpoints need the network and are skipped.
@@ -17,22 +18,27 @@ from finetune_kit import recipes
 from finetune_kit.yaml_config import CONFIGS_DIR, read_yaml_config
 
 ACCEPTED = "# truncation accepted:"
-TRUNCATION = re.compile(r"training rows are longer than max_length=\d+ and will be (truncated|dropped)")
+TRUNCATION = re.compile(r"(training rows are longer than max_length|sources are longer than max_source_length)=\d+ "
+                        r"and will be (truncated|dropped)|targets are cut to max_target_length|whose target is over "
+                        r"max_target_length")
 
 
 def _decoder_configs() -> list[str]:
+    """Configs of the recipes whose rows `check` measures: the decoder stages, and those with a length_check."""
     rows = {r.name: r for r in recipes.RECIPES}
-    return [name for recipe, names in recipes.configs_by_recipe().items() if rows[recipe].rows for name in names]
+    return [name for recipe, names in recipes.configs_by_recipe().items()
+            if rows[recipe].rows or rows[recipe].length_check for name in names]
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from finetune_kit import demo, demo_grpo, demo_rlhf
+    from finetune_kit import demo, demo_grpo, demo_rlhf, demo_seq2seq
 
     root = tmp_path_factory.mktemp("generated")
     demo.make_dataset(root / "data/generated/identity")
     demo_rlhf.make_dataset(root / "data/generated/rlhf")
     demo_grpo.make_dataset(root / "data/generated/grpo")
+    demo_seq2seq.make_dataset(root / "data/generated/dates")  # rows, tokenizer and the T5 built from a config
     return root
 
 
@@ -51,10 +57,12 @@ def test_a_shipped_config_fits_its_data_or_says_why_not(name, generated, tmp_pat
 
     raw = read_yaml_config(name)
     model = str(raw.get("model_name_or_path", ""))
-    if "/" in model and not model.startswith("runs/"):
+    if "/" in model and not model.startswith(("runs/", "data/generated/")):
         pytest.skip("a hub checkpoint: needs the network")
     argv = ["--config", name, "--output_dir", str(tmp_path / "out")]
-    for key in ("dataset_name", "eval_dataset_name"):
+    if model.startswith("data/generated/"):  # a model the data command writes (seq2seq: a T5 built from a config)
+        argv += ["--model_name_or_path", _local(model, generated)]
+    for key in ("dataset_name", "eval_dataset_name", "test_dataset_name"):
         if key in raw:
             local = _local(str(raw[key]), generated)
             if local is None:

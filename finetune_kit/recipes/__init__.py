@@ -34,7 +34,7 @@ class Recipe:
     name: str
     summary: str
     config: str  # "module:Class" of its typed config
-    family: str  # which checkpoints fit it (`finetune-kit inspect`): decoder | encoder | vision
+    family: str  # which checkpoints fit it (`finetune-kit inspect`): decoder | encoder | encoder-decoder | vision
     # How `check` validates and measures its data rows: sft (the chat / instruction formats), text, pair
     # (prompt + chosen / rejected), unpaired (prompt + completion + label), prompt; None: config check only.
     rows: str | None = None
@@ -54,6 +54,9 @@ class Recipe:
     # Recipes without a `rows` kind: "module:function" reading and validating every data row of a config (the
     # function the recipe itself calls first), which the preflight runs before any library loads.
     data_check: str | None = None
+    # Recipes without a `rows` kind: "module:function(cfg, tokenizer)" that `check` calls to measure every row in
+    # tokens and refuse (or count) what the recipe would.
+    length_check: str | None = None
     module: str = ""  # default: finetune_kit.recipes.<name>
 
     def config_type(self) -> type:
@@ -62,6 +65,9 @@ class Recipe:
     def check_data(self, cfg) -> None:
         if self.data_check:
             _named(self.data_check)(cfg)
+
+    def measure_rows(self, cfg, tokenizer) -> list[str]:
+        return _named(self.length_check)(cfg, tokenizer) if self.length_check else []
 
     def load(self):
         return importlib.import_module(self.module or f"finetune_kit.recipes.{self.name}")
@@ -84,6 +90,10 @@ _ENCODER_UNREAD = ("model_revision", "dtype", "attn_implementation", "load_in_8b
                    "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "lora_task_type",
                    "dataset_config", "dataset_train_split", "dataset_format", "skip_invalid_rows", "datasets",
                    "mix_strategy", "streaming")
+# seq2seq loads like the encoders, but reads hub datasets (dataset_config: a WMT language pair) and skips invalid rows;
+# transformers 5 reads no `sortish_sampler`.
+_SEQ2SEQ_UNREAD = (*(k for k in _ENCODER_UNREAD
+                     if k not in ("dataset_config", "dataset_train_split", "skip_invalid_rows")), "sortish_sampler")
 # Recipes whose rows have one fixed shape (a normaliser): dataset_format is not theirs to choose. They read their
 # data whole (streaming: sft and pretrain only; mixtures: every decoder recipe).
 _SHAPED = ("dataset_format", "streaming")
@@ -164,7 +174,12 @@ RECIPES: list[Recipe] = [
     Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
            f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
            checks=(*_COMMON, cc.mlm_probability_in_range)),
-    Recipe("image_classification", "image classification with a ViT (folders or a CSV / JSON of paths)",
+    Recipe("seq2seq", "seq2seq fine-tuning of an encoder-decoder model (T5, BART, Marian, mT5): translation, "
+           "summarization, text-to-text; generation-based evaluation",
+           "finetune_kit.config_seq2seq:Seq2SeqRecipeConfig", "encoder-decoder", unread=_SEQ2SEQ_UNREAD,
+           checks=(*_COMMON, cc.translation_languages_paired), data_check="finetune_kit.tasks.seq2seq:pair_rows",
+           length_check="finetune_kit.tasks.seq2seq:check_lengths"),
+    Recipe("image_classification", "image classification with a ViT or a timm model (folders or a CSV / JSON of paths)",
            f"{_TASK}:ImageClassificationConfig", "vision",
            unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path"),
            checks=(*_COMMON, cc.classifier_splits_in_range), data_check="finetune_kit.tasks.images:labelled_images"),

@@ -39,7 +39,13 @@ from finetune_kit.trainer_setup import prepare_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(CPORecipeConfig, argv)
+    return train_reference_free("cpo", CPORecipeConfig, CPOTrainer, argv)
+
+
+def train_reference_free(name: str, config_type: type, trainer_type: type, argv: list[str] | None) -> dict:
+    """The whole recipe for trl's reference-free pair trainers, which take the same arguments (CPO here, ORPO in
+    finetune_kit/recipes/orpo.py): they differ only in their loss."""
+    cfg = parse_config(config_type, argv)
     decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
     args = cfg.training
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
@@ -55,11 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset = pairs_with_answer_room(eval_dataset, where="validation pairs", **room)
 
     decisions.add(cfg, activation_checkpointing(cfg, decisions.user, args.max_length or 1024,
-                                                 recipes.get("cpo").sequences_per_example))
+                                                 recipes.get(name).sequences_per_example))
     set_seed(args.seed)  # adapters start from the same random init on every run and resume
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
 
-    trainer = CPOTrainer(
+    trainer = trainer_type(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"held-out reward accuracy {metrics['before_rewards/accuracies']:.3f} -> "
                   f"{metrics['eval_rewards/accuracies']:.3f}, margin {metrics['before_rewards/margins']:.3f} -> "
                   f"{metrics['eval_rewards/margins']:.3f} on {len(eval_dataset)} pairs")
-    finish_run(trainer, cfg, "cpo", metrics, decisions)
+    finish_run(trainer, cfg, name, metrics, decisions)
     return metrics
 
 

@@ -1,23 +1,20 @@
-"""Image classification with a ViT (any image-classification checkpoint, or a small ViT built from a config).
+"""Image classification with a ViT, a timm model (EfficientNet, ResNet, ConvNeXt...) or any image classifier.
 
     finetune-kit train image_classification --config image_classification_vit_digits
-    finetune-kit train image_classification --config ...
+    finetune-kit train image_classification --config image_classification_efficientnet_textile
 
 Images come from a folder (`root/<label>/*.png`), a CSV / JSON(L) of paths and labels, or `sklearn:digits`; every
-file is opened before training starts. The checkpoint's own image processor (size, mean, std) prepares images for
-training and for prediction alike, and is saved with the model; augmentations (flip, crop) apply to training only.
+file is opened before training starts. The checkpoint's own image processor (size, mean, std; for a timm checkpoint
+timm's data config, kept in its config.json) prepares images for training and for prediction alike, and is saved
+with the model; augmentations (flip, crop) apply to training only. The checkpoint's head is replaced for the new
+labels; `freeze_layers` freezes the lower layers (ViT) or stages (timm), LoRA keeps the new head trainable whole.
 """
 
 from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    Trainer,
-    set_seed,
-)
+from transformers import Trainer, set_seed
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import ImageClassificationConfig
@@ -25,7 +22,6 @@ from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
-from finetune_kit.models import resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
 from finetune_kit.tasks import classification as clf
 from finetune_kit.tasks import images as img
@@ -47,16 +43,13 @@ def main(argv: list[str] | None = None) -> dict:
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
-    if cfg.model.model_name_or_path == img.FROM_CONFIG:
-        model, processor = img.tiny_vit(names, task.image_size)
-    else:
-        source = resolve_checkpoint(cfg.model.model_name_or_path, whole=True)
-        processor = AutoImageProcessor.from_pretrained(source)
-        model = AutoModelForImageClassification.from_pretrained(
-            source, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=task.ignore_mismatched_sizes)
+    model, processor, resized = img.load_classifier(cfg, names)
+    if resized:  # a timm checkpoint's data config, changed by image_size: saved with the run's config.json
+        print(f"input: {resized}")
+    if task.freeze_layers:
+        img.freeze_lower(model, task.freeze_layers)
     if cfg.model.use_peft:
-        model = with_task_adapters(model, cfg.model, None, head="classifier")
+        model = img.with_adapters(model, cfg.model)
 
     # Preprocess every image once with the checkpoint's processor (cached by datasets); augment tensors per batch.
     def encode(batch):
@@ -73,8 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     held = {k: v for k, v in splits.items() if k != "train" and v is not None}
     args.remove_unused_columns = False  # the collator reads 'label' itself
 
+    weights = clf.class_weights(list(splits["train"]["label"]), len(names), task.class_weights) \
+        if task.class_weights else None
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held.get("validation"),
                       processing_class=processor, data_collator=_collate, compute_metrics=clf.metrics_fn(clf.SINGLE),
+                      compute_loss_func=clf.weighted_loss(weights) if weights is not None else None,
                       callbacks=[NonFiniteGuard(cfg.run.on_nonfinite)])
     # Atomic checkpoints, resumable length-grouped order, a replaced run kept until the first step succeeds.
     decisions.add(None, *prepare_trainer(trainer, replace=cfg.run.overwrite_output_dir and resume is None))
