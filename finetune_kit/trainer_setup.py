@@ -31,7 +31,9 @@ def prepare_trainer(trainer, replace: bool = False) -> list:
     atomic_checkpoints(trainer)
     if replace and trainer.is_world_process_zero():
         keep_replaced_run_until_first_step(trainer, Replacement(trainer.args.output_dir, enabled=True))
-    tiles = narrow_lm_head_tiles(trainer.args.device)
+    # trl's fused LM head only: a transformers Trainer (encoders, images, seq2seq) has none to narrow.
+    from_trl = any(c.__module__.startswith("trl.") for c in type(trainer).__mro__)
+    tiles = narrow_lm_head_tiles(trainer.args.device) if from_trl else None
     seeded_length_grouping(trainer)
     for callback in _DRIVER_CALLBACKS:
         trainer.add_callback(callback)

@@ -55,6 +55,8 @@ def test_learns_sentiment_and_saves_labels(tmp_path, tiny_bert_dir):
     saved = json.loads((out / "config.json").read_text())
     assert saved["id2label"] == {"0": "neg", "1": "pos"}
     assert json.loads((out / "eval_results.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    # A transformers Trainer has no trl fused LM head: no decision about one is printed or recorded.
+    assert "lm_head_tile_columns" not in json.loads((out / "run_info.json").read_text())["decisions"]
 
     from finetune_kit.models import load_for_inference
 
