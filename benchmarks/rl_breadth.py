@@ -26,6 +26,11 @@ TEST = "data/generated/grpo/test.jsonl"
 KEYS = ("exact_percent", "format_percent", "value_percent")
 
 
+def shown(command: list[str]) -> str:
+    """A command as a user types it: `python` for this interpreter."""
+    return " ".join(["python", *command[1:]] if command[0] == sys.executable else command)
+
+
 def arithmetic(recipe: str, env: dict) -> dict:
     config, out = f"{recipe}_arithmetic_smollm2", f"runs/{recipe}-arithmetic"
     before_file = "runs/arith-test-before.json"
@@ -38,7 +43,7 @@ def arithmetic(recipe: str, env: dict) -> dict:
     after = json.loads((ROOT / out / "demo_score.json").read_text())
     info = json.loads((ROOT / out / "run_info.json").read_text())
     metrics = info["metrics"]
-    return {"config": config, "commands": [" ".join(c[1:] if c[0] == sys.executable else c) for c in commands],
+    return {"config": config, "commands": [shown(c) for c in commands],
             "decisions": info.get("decisions"), "train_wall_seconds": round(walls[2], 1),
             "test_greedy": {"before": {k: before[k] for k in KEYS}, "after": {k: after[k] for k in KEYS}},
             "validation_reward_sampled": {"before": metrics["before"]["eval_reward"],
@@ -54,7 +59,7 @@ def distill(env: dict) -> dict:
     walls = [run(command, env) for command in commands]
     info = json.loads((ROOT / out / "run_info.json").read_text())
     metrics = info["metrics"]
-    return {"config": "distill_smollm2", "commands": [" ".join(c[1:] if c[0] == sys.executable else c)
+    return {"config": "distill_smollm2", "commands": [shown(c)
                                                       for c in commands],
             "decisions": info.get("decisions"), "train_wall_seconds": round(walls[1], 1),
             "held_out": {"before": metrics["before"], "after": metrics["after"]},
