@@ -59,8 +59,7 @@ def distill(env: dict) -> dict:
     walls = [run(command, env) for command in commands]
     info = json.loads((ROOT / out / "run_info.json").read_text())
     metrics = info["metrics"]
-    return {"config": "distill_smollm2", "commands": [shown(c)
-                                                      for c in commands],
+    return {"config": "distill_smollm2", "commands": [shown(c) for c in commands],
             "decisions": info.get("decisions"), "train_wall_seconds": round(walls[1], 1),
             "held_out": {"before": metrics["before"], "after": metrics["after"]},
             "train_loss": metrics.get("train_loss")}
