@@ -81,8 +81,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()[:12]
-    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{cache_key(gguf_path)}"
     if (target / "config.json").is_file():
         return target
 
@@ -98,13 +97,24 @@ def convert_gguf(gguf_path: Path) -> Path:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
 
-    # Write next to the target and rename, so an interrupted conversion never leaves a half-written cache entry.
+    return save_to_cache(target, [model, tokenizer], {"gguf_file": str(gguf_path.resolve())})
+
+
+def cache_key(source: Path) -> str:
+    """A converted checkpoint's cache name part: the source file's path and size."""
+    return hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:12]
+
+
+def save_to_cache(target: Path, parts: list, source: dict) -> Path:
+    """Save a converted checkpoint's parts (model, tokenizer: anything with save_pretrained) into the cache folder
+    `target`, with where it came from. Written next to the target and renamed, so an interrupted conversion never
+    leaves a half-written cache entry."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "finetune_kit_source.json").write_text(json.dumps({"gguf_file": str(gguf_path.resolve())}))
+        for part in parts:
+            part.save_pretrained(tmp)
+        (tmp / "finetune_kit_source.json").write_text(json.dumps(source))
         os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good

@@ -9,11 +9,7 @@ dict on the model's config before training, so the run folder saved at the end p
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from finetune_kit.errors import DataError, UserError
@@ -136,8 +132,9 @@ def convert_lite0(pth: Path, cache: Path) -> Path:
     import torch
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-    key = hashlib.sha256(f"{pth.resolve()}:{pth.stat().st_size}".encode()).hexdigest()[:12]
-    target = cache / "timm" / f"{LITE0_ARCH}-{key}"
+    from finetune_kit.models import cache_key, save_to_cache
+
+    target = cache / "timm" / f"{LITE0_ARCH}-{cache_key(pth)}"
     if (target / "config.json").is_file():
         return target
     timm = import_timm()
@@ -150,15 +147,4 @@ def convert_lite0(pth: Path, cache: Path) -> Path:
                                           "pretrained_cfg": net.pretrained_cfg})
     model = TimmWrapperForImageClassification(config)
     model.timm_model = net
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp)
-        (tmp / "finetune_kit_source.json").write_text(json.dumps({"state_dict": str(pth.resolve())}))
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return save_to_cache(target, [model], {"state_dict": str(pth.resolve())})
