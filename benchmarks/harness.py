@@ -83,8 +83,10 @@ def credit(summary: dict, work: dict) -> dict:
     summary["tokens_per_second"] = work["trained_tokens"] / summary["train_runtime"]
     for peak in work["matmul_peaks"]:
         summary.update(mfu(work["model_flops"], summary["train_runtime"], peak))
-    # the share of the peak of the precision the arm trained in (bf16 autocast runs its matmuls in bf16)
-    own = f"mfu_vs_{'bfloat16' if summary.get('bf16') else 'float32'}_peak"
+    # the share of the peak of the precision the arm trained in (bf16 autocast, or a base loaded in bf16, runs its
+    # matmuls in bf16)
+    bf16 = summary.get("bf16") or summary.get("dtype") == "bfloat16"
+    own = f"mfu_vs_{'bfloat16' if bf16 else 'float32'}_peak"
     summary["mfu"] = summary.get(own)
     return summary
 

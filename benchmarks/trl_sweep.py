@@ -4,8 +4,8 @@
 
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
-length-grouped batches, `padding_free`, packing (bfd), and bf16 (the hardware guess says no here; measured once to
-check). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
+length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
+to check) and the base loaded in bf16 (model_init_kwargs' dtype). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
 the arm must not change because a rerun on a busy machine ranked two close points the other way).
 """
 
@@ -29,6 +29,12 @@ GRID = {
     "no-checkpointing+packing": {"gradient_checkpointing": False, "packing": True},
     "no-checkpointing+group_by_length+bf16": {"gradient_checkpointing": False,
                                               "train_sampling_strategy": "group_by_length", "bf16": True},
+    # the base loaded in bf16, no autocast (adapters fp32: peft's default): what our recipe does for LoRA on a CPU
+    # with bf16 dot products; a careful trl user there can do the same with model_init_kwargs={"dtype": "bfloat16"}
+    "no-checkpointing+group_by_length+bf16-weights": {"gradient_checkpointing": False,
+                                                      "train_sampling_strategy": "group_by_length",
+                                                      "dtype": "bfloat16"},
+    "no-checkpointing+packing+bf16-weights": {"gradient_checkpointing": False, "packing": True, "dtype": "bfloat16"},
 }
 
 

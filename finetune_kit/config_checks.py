@@ -317,10 +317,31 @@ def freeze_layers_not_negative(cfg) -> str | None:
     return None
 
 
+def sampling_without_lengths(cfg) -> str | None:
+    """sft_vision: rows are tokenized batch by batch by trl's vision collator, so no token lengths exist to group by
+    (transformers' length-grouped samplers would fail when training starts)."""
+    strategy = getattr(cfg.training, "train_sampling_strategy", "random")
+    if strategy in ("group_by_length", "batch_rebalance"):
+        return (f"train_sampling_strategy {strategy} needs token lengths, which image rows only get inside each batch; "
+                "use random (the default) or sequential.")
+    return None
+
+
 def translation_languages_paired(cfg) -> str | None:
     """seq2seq: translation rows are read by both language codes, or by neither (source / target columns)."""
     if bool(cfg.task.source_lang) != bool(cfg.task.target_lang):
         return "source_lang and target_lang go together (translation pairs); set both, or neither for plain columns."
+    return None
+
+
+def caption_template_names_label(cfg) -> str | None:
+    """clip: the template turns each class label into its caption; without {label} every class reads the same."""
+    try:
+        filled = cfg.task.caption_template.format(label="\0")
+    except (KeyError, IndexError, ValueError) as err:
+        return f"caption_template {cfg.task.caption_template!r} is not a template with one {{label}} field ({err})."
+    if "\0" not in filled:
+        return f"caption_template {cfg.task.caption_template!r} has no {{label}}: every class would get one caption."
     return None
 
 

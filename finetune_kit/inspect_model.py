@@ -16,17 +16,33 @@ from finetune_kit.models import EMBEDDED, embedded_path
 
 VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model",
                 "timm_wrapper", "resnet", "efficientnet", "mobilenet_v2", "regnet"}
+IMAGE_TEXT_TYPES = {"clip", "siglip", "siglip2"}  # dual encoders: image and text towers, a contrastive loss
 FAMILY_HEADS = {
     "decoder": ["CausalLM (generation)", "SequenceClassification (reward model)"],
     "encoder": ["SequenceClassification", "TokenClassification", "QuestionAnswering", "MaskedLM"],
     "vision": ["ImageClassification"],
     "encoder-decoder": ["Seq2SeqLM"],
+    "image-text": ["image and text towers (contrastive, zero-shot classification)"],
+    "vision-language": ["ImageTextToText (text generated from images + text)"],
 }
+
+
+def is_vision_language(config) -> bool:
+    """An image-text-to-text checkpoint (SmolVLM / Idefics3, LLaVA, Qwen2-VL, PaliGemma, ...), as transformers' own
+    AutoModelForImageTextToText mapping lists them; a text-only class of such a family (ForCausalLM) stays a decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and "CausalLM" not in archs
 
 
 def family_of(config) -> str:
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder"
+    if config.model_type in IMAGE_TEXT_TYPES and hasattr(config, "text_config") and hasattr(config, "vision_config"):
+        return "image-text"  # the whole CLIP / SigLIP; its vision tower alone (clip_vision_model) is "vision"
+    if is_vision_language(config):
+        return "vision-language"
     if config.model_type in VISION_TYPES:
         return "vision"
     archs = " ".join(getattr(config, "architectures", None) or [])
@@ -110,12 +126,16 @@ def describe(source: str) -> dict:
                "model_type": config.model_type,
                "parameters": safetensors_parameters(folder) if folder else None,
                "size_on_disk": _size(folder.iterdir()) if folder else None,
-               "modality": "image" if family == "vision" else "text",
+               "modality": {"vision": "image", "image-text": "image + text"}.get(family, "text"),
                "heads": FAMILY_HEADS[family], "recipes": recipes.for_family(family)}
+    if family == "vision-language":
+        summary["modality"] = "image + text"
     if folder:
         tok = folder / "tokenizer_config.json"
         summary["tokenizer"] = json.loads(tok.read_text()).get("tokenizer_class") if tok.is_file() else None
-        summary["image_processor"] = (folder / "preprocessor_config.json").is_file() or config.model_type == "timm_wrapper"
+        # transformers 5 keeps a multimodal processor's image settings in processor_config.json
+        summary["image_processor"] = any((folder / name).is_file() for name in (
+            "preprocessor_config.json", "processor_config.json")) or config.model_type == "timm_wrapper"
         summary["chat_template"] = (folder / "chat_template.jinja").is_file() or (
             tok.is_file() and "chat_template" in json.loads(tok.read_text()))
         if getattr(config, "id2label", None) and (folder / "config.json").is_file() and \

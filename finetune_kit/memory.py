@@ -26,6 +26,8 @@ GIB = 2**30
 RUNTIME_BYTES = int(0.8 * GIB)
 # Below this share of the peak, activation checkpointing would save too little to pay for its recompute.
 CHECKPOINTING_MIN_SHARE = 0.1
+# On a CPU, compute is short and RAM plentiful: checkpointing (~25% more compute) only past this share of RAM.
+CPU_CHECKPOINTING_MEMORY_SHARE = 0.5
 
 
 @dataclass
@@ -142,12 +144,14 @@ def device_memory() -> int:
 def activation_checkpointing(cfg, user: set[str], seq_length: int, sequences_per_example: int = 1):
     """The `activation_checkpointing` decision where the config left it unset (`user`: the keys set), or None.
 
-    On, as in trl and LLaMA-Factory, unless the longest micro-batch's activations are under a tenth of the estimated
-    peak without it: then recomputing them (~20-30% more compute) would cut the peak by almost nothing. Always on
-    when the estimate passes 80% of the device's memory. Speed-first runs that know they fit set
+    On a GPU: on, as in trl and LLaMA-Factory, unless the longest micro-batch's activations are under a tenth of the
+    estimated peak without it: then recomputing them (~20-30% more compute) would cut the peak by almost nothing.
+    Always on when the estimate passes 80% of the device's memory. On a CPU (no accelerator), where compute is what
+    is short: off until the estimate passes half of RAM. Speed-first runs that know they fit set
     `activation_checkpointing: false`. Decided from totals, not free memory, so every rank decides the same.
     """
     from finetune_kit.decisions import Decision
+    from finetune_kit.hardware import has_accelerator
 
     args = cfg.training
     if user & {"activation_checkpointing", "gradient_checkpointing"}:
@@ -169,10 +173,15 @@ def activation_checkpointing(cfg, user: set[str], seq_length: int, sequences_per
         return None  # unreadable config: the model load right after reports it, with the recipe's own clear error
     result = estimate(model_config, cfg.model, args.per_device_train_batch_size, seq_length, bool(args.bf16), False,
                       sequences_per_example=sequences_per_example)
+    micro_batch = (f"activations of a {args.per_device_train_batch_size} x {seq_length}-token micro-batch "
+                   f"~{result.activations / GIB:.2f} GiB of an estimated {result.total / GIB:.1f} GiB peak without it")
+    if not has_accelerator():  # the 2-core CPU measured 25% slower with it (benchmarks/results/trl_sweep.json)
+        on = result.total > CPU_CHECKPOINTING_MEMORY_SHARE * device_memory()
+        return Decision("activation_checkpointing", on, f"CPU: {micro_batch}, "
+                        f"{'over' if on else 'under'} half of {device_memory() / GIB:.0f} GiB RAM; set "
+                        "activation_checkpointing to choose")
     on = result.activations >= CHECKPOINTING_MIN_SHARE * result.total or result.total > 0.8 * device_memory()
-    return Decision("activation_checkpointing", on, f"activations of a {args.per_device_train_batch_size} x "
-                    f"{seq_length}-token micro-batch ~{result.activations / GIB:.2f} GiB of an estimated "
-                    f"{result.total / GIB:.1f} GiB peak without it; set activation_checkpointing to choose")
+    return Decision("activation_checkpointing", on, f"{micro_batch}; set activation_checkpointing to choose")
 
 
 def longest_sequence(dataset, max_length: int | None, packing: bool = False) -> int:

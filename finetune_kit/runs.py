@@ -242,7 +242,17 @@ def finish_run(trainer, cfg, recipe: str, metrics: dict[str, Any], decisions=Non
     if not trainer.is_world_process_zero():
         return
     if getattr(cfg.model, "use_peft", False):
-        getattr(trainer, "peft_model", trainer.model).base_model.model.config.save_pretrained(args.output_dir)
+        config = getattr(trainer, "peft_model", trainer.model).base_model.model.config
+        if decisions is not None and "dtype" in decisions.record():
+            # A bf16 base chosen for training speed on this CPU (hardware.fast_path_decisions) is not what the run
+            # is: inference and export load the base in fp32, as its checkpoint holds it, under the fp32 adapters.
+            import copy
+
+            import torch
+
+            config = copy.deepcopy(config)
+            config.dtype = torch.float32
+        config.save_pretrained(args.output_dir)
         record_base_model(args.output_dir, cfg.model.model_name_or_path)
     trainer.create_model_card(model_name=Path(args.output_dir).name)
     write_atomic(Path(args.output_dir) / "eval_results.json", json.dumps(metrics, indent=2, default=str))

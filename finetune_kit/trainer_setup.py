@@ -1,6 +1,7 @@
 """What every recipe does to its trainer just before training: atomic checkpoints, length-grouped batches that resume
-exactly, LM-head tiles sized for a device without Triton, plus the callbacks that a driver running the recipe
-in-process (`finetune-kit tune`: report evaluations, prune a trial) has registered.
+exactly, LM-head tiles sized for a device without Triton (and SFT's head run on labelled tokens only there), plus the
+callbacks that a driver running the recipe in-process (`finetune-kit tune`: report evaluations, prune a trial) has
+registered.
 
     prepare_trainer(trainer)            # in a recipe
     with driver_callbacks(callback):    # in a driver
@@ -15,14 +16,15 @@ import torch
 
 from finetune_kit.checkpoints import atomic_checkpoints
 from finetune_kit.hardware import narrow_lm_head_tiles
+from finetune_kit.lm_head import score_label_positions
 from finetune_kit.runs import Replacement
 
 _DRIVER_CALLBACKS: list = []
 
 
 def prepare_trainer(trainer, replace: bool = False) -> list:
-    """Change the trainer as the module docstring says, say so in the log; returns the decisions made (LM-head tiles),
-    for the run's record.
+    """Change the trainer as the module docstring says, say so in the log; returns the decisions made (LM-head tiles,
+    SFT's LM head scoring labelled positions only: finetune_kit.lm_head), for the run's record.
 
     `replace` (--overwrite_output_dir, not resuming): the trainer is built, so the config and model have passed
     every check the libraries make; the old contents of output_dir are set aside now, restored if training fails
@@ -34,6 +36,7 @@ def prepare_trainer(trainer, replace: bool = False) -> list:
     # trl's fused LM head only: a transformers Trainer (encoders, images, seq2seq) has none to narrow.
     from_trl = any(c.__module__.startswith("trl.") for c in type(trainer).__mro__)
     tiles = narrow_lm_head_tiles(trainer.args.device) if from_trl else None
+    scoring = score_label_positions(trainer) if from_trl else None
     seeded_length_grouping(trainer)
     for callback in _DRIVER_CALLBACKS:
         trainer.add_callback(callback)
@@ -41,7 +44,7 @@ def prepare_trainer(trainer, replace: bool = False) -> list:
         changes = ["checkpoints published by rename", "length-grouped order seeded by (seed, epoch)"]
         changes += [f"{len(_DRIVER_CALLBACKS)} driver callback(s)"] if _DRIVER_CALLBACKS else []
         print(f"trainer prepared: {'; '.join(changes)}", flush=True)
-    return [tiles] if tiles else []
+    return [decision for decision in (tiles, scoring) if decision]
 
 
 def keep_replaced_run_until_first_step(trainer, replacement: Replacement) -> None:

@@ -136,7 +136,24 @@ def _configs(tmp_path, llama, bert) -> dict[str, dict]:
                         {"source": f"Say {w}", "target": w} for w in WORDS]))},
         "image_classification": {"model_name_or_path": "vit-tiny-from-config", "image_size": 16, **step, **peft,
                                  "dataset_name": str(write_images(tmp_path / "images", 4))},
+        "sft_vision": {"model_name_or_path": str(_tiny_vlm(tmp_path)), **step, **peft, "max_length": 32,
+                       "dataset_name": str(tmp_path / "vlm-data" / "train.jsonl")},
+        "clip": {"model_name_or_path": str(_tiny_clip(tmp_path)), **step, **peft, "max_length": 16,
+                 "dataset_name": _captions(write_images(tmp_path / "clip-images", 4)), "eval_split_ratio": 0.5,
+                 "zero_shot_dataset_name": str(write_images(tmp_path / "zero_shot", 2)), "freeze_tower": "vision"},
     }
+
+
+def _tiny_vlm(tmp_path):
+    """A tiny SmolVLM-shaped model built from a config, and two rows of the shapes demo (vlm-data/train.jsonl)."""
+    import random
+
+    from finetune_kit import demo_vision_chat
+
+    data = tmp_path / "vlm-data"
+    write_jsonl(data / "train.jsonl", demo_vision_chat.rows_for("train", 2, data, random.Random(0)))
+    return demo_vision_chat.tiny_smolvlm(tmp_path / "tiny-vlm", vision_hidden=16, vision_layers=1, text_hidden=16,
+                                         text_layers=1)
 
 
 def _tiny_t5(tmp_path):
@@ -145,6 +162,20 @@ def _tiny_t5(tmp_path):
     tokenizer = demo_seq2seq.train_tokenizer([f"Say {w}" for w in WORDS], vocab_size=280)
     return demo_seq2seq.t5_from_config(tokenizer, tmp_path / "t5", d_model=16, d_ff=32, d_kv=8, num_heads=2,
                                        num_layers=1, num_decoder_layers=1)
+
+
+def _tiny_clip(tmp_path):
+    from finetune_kit import demo_clip
+
+    return demo_clip.clip_from_config(tmp_path / "tiny-clip", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2)
+
+
+def _captions(folder) -> str:
+    """A CSV of image paths and captions (caption_column is read from files; folders are captioned by template)."""
+    path = folder / "captions.csv"
+    path.write_text("image,caption\n" + "".join(f"{p},a {p.parent.name} square\n" for p in sorted(folder.glob("*/*"))))
+    return str(path)
 
 
 @pytest.mark.parametrize("name", recipes.names())

@@ -40,7 +40,8 @@ def losses(out: Path) -> list[float]:
 @pytest.mark.parametrize("bf16", PRECISIONS)
 def test_sft_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, python, bf16):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(64))
-    base = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 8,
+    # fp32: the base too (a CPU with bf16 dot products would otherwise load it in bf16: hardware.fast_path_decisions)
+    base = {"bf16": bf16, **({} if bf16 else {"dtype": "float32"}), "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 8,
             "lora_dropout": 0.0, "learning_rate": 1e-2, "max_steps": 6, "logging_steps": 1, "max_length": 64, "save_strategy": "steps",
             "save_steps": 6, "report_to": "none", "disable_tqdm": True, "seed": 0, "shuffle_dataset": False}
     runs = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -141,136 +142,59 @@ def test_fast_paths_follow_the_hardware(tmp_path):
     assert not cfg.training.packing and "packing" not in made  # the user's choice stands
 
 
-def test_activation_checkpointing_follows_the_memory_estimate(tmp_path, tiny_model_dir, monkeypatch, capsys):
+def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, monkeypatch):
+    """`dtype` is a decision for LoRA on a CPU whose matmuls run bf16 natively (hardware.cpu_bf16_matmul), never
+    for full fine-tuning (fp32 master weights), a quantized base, or a dtype the user named; FINETUNE_KIT_BF16 forces
+    it either way, as it does the bf16 decision."""
+    from finetune_kit import hardware
     from finetune_kit.config import parse_config
     from finetune_kit.config_decoder import SFTRecipeConfig
     from finetune_kit.decisions import Decisions
-    from finetune_kit.memory import activation_checkpointing
 
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
 
-    def decide(*flags, seq=512):
-        argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data), "--output_dir",
-                str(tmp_path / "o"), *flags]
+    def dtype(*flags):
+        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), *flags]
         cfg = parse_config(SFTRecipeConfig, argv)
         decisions = Decisions(cfg, argv)
-        decisions.add(cfg, activation_checkpointing(cfg, decisions.user, seq))
-        return cfg.training.activation_checkpointing, cfg.training.gradient_checkpointing
+        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
+        return cfg.model.dtype, "dtype" in decisions.record()
 
-    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)  # the share decides, not room
-    # 2 x 512 tokens of a hidden-32 model: activations ~3% of the ~1.4 GiB peak, recomputing would save nothing
-    assert decide("--per_device_train_batch_size", "2") == (False, False)
-    assert "decision: activation_checkpointing = False (auto: " in capsys.readouterr().out
-    # 2 x 4096: ~20% of the peak (the attention scores grow with the square of the length): on, as trl's default
-    assert decide("--per_device_train_batch_size", "2", seq=4096) == (True, True)
-    assert "decision: activation_checkpointing = True (auto: " in capsys.readouterr().out
-    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 2**30)  # a run that would not fit: always on
-    assert decide("--per_device_train_batch_size", "2") == (True, True)
-    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)
-    assert decide("--per_device_train_batch_size", "512", "--activation_checkpointing", "false") == (False, False)
-    assert decide("--per_device_train_batch_size", "2", "--gradient_checkpointing", "true") == (True, True)
-    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")  # FSDP recomputes blocks itself
-    assert decide("--per_device_train_batch_size", "512") == (False, False)
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: True)
+    assert dtype("--use_peft", "true") == ("bfloat16", True)
+    assert dtype("--use_peft", "false") == ("float32", False)
+    assert dtype("--use_peft", "true", "--dtype", "float32") == ("float32", False)  # named: the user's
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: False)
+    assert dtype("--use_peft", "true") == ("float32", False)
+    monkeypatch.undo()
+    monkeypatch.setenv("FINETUNE_KIT_BF16", "0")
+    assert not hardware.cpu_bf16_matmul()
+    monkeypatch.setenv("FINETUNE_KIT_BF16", "1")
+    assert hardware.cpu_bf16_matmul()
 
 
-def test_bf16_default_needs_amx_on_a_cpu(monkeypatch):
-    """bf16 is chosen on a CPU only with AMX: oneDNN's own "bf16 supported" is true on any AVX512-BW CPU, where bf16
-    is converted in software, and with AVX512-BF16 alone bf16 autocast still measured ~1.7x slower than fp32."""
-    import torch
+def test_lora_with_a_bf16_base_learns_like_an_fp32_base(tmp_path, tiny_model_dir, monkeypatch):
+    """The guard of the bf16-base fast path: the same LoRA SFT run with the base in bf16 (the decision, adapters
+    fp32) and in fp32 gives loss curves within 2% step by step (bf16 rounds each frozen matmul's output to 8 bits),
+    and the decided run records float32 in its saved config, so inference and export load the base as its
+    checkpoint holds it."""
+    from finetune_kit import hardware
 
-    from finetune_kit.hardware import BF16_ENV, bf16_is_fast
-
-    monkeypatch.delenv(BF16_ENV, raising=False)  # the hardware's answer, not a forced one
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not bf16_is_fast()
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert bf16_is_fast()
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert not bf16_is_fast()
-
-
-def test_bf16_decision_can_be_forced_either_way(monkeypatch, tmp_path):
-    """FINETUNE_KIT_BF16 answers before the hardware, so the suite can run as the other kind of machine would; the
-    recipes' configs follow it, and an unreadable value is a named error, not a silent default."""
-    from finetune_kit.config import parse_config
-    from finetune_kit.errors import UserError
-    from finetune_kit.hardware import BF16_ENV, bf16_is_fast
-    from finetune_kit.config_decoder import SFTRecipeConfig
-
-    data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
-    for value, expected in (("1", True), ("on", True), ("0", False), ("false", False)):
-        monkeypatch.setenv(BF16_ENV, value)
-        assert bf16_is_fast() is expected
-        cfg = parse_config(SFTRecipeConfig, ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o")])
-        assert cfg.training.bf16 is expected
-        cfg = parse_config(SFTRecipeConfig, ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"),
-                                             "--bf16", str(not expected).lower()])
-        assert cfg.training.bf16 is not expected  # an explicit key beats the forced default
-    monkeypatch.setenv(BF16_ENV, "maybe")
-    with pytest.raises(UserError, match=BF16_ENV):
-        bf16_is_fast()
-
-
-@pytest.mark.skipif(not bf16_decision(), reason=BF16_SKIP_REASON)
-def test_a_short_bf16_run_learns_as_fp32_does(tmp_path, tiny_model_dir):
-    """bf16 autocast on purpose: 12 steps from the same start, each precision's loss falls, and the bf16 curve stays
-    within 3% of fp32's at every step (a few roundoffs of 2**-9 per step, compounding over 12 steps; a real
-    precision bug - bf16 master weights, a bf16 loss - drifts or stalls by far more)."""
-    data = write_jsonl(tmp_path / "rows.jsonl", _rows(32))
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(16))
+    base = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 8,
+            "lora_dropout": 0.0, "learning_rate": 5e-3, "max_steps": 6, "per_device_train_batch_size": 4,
+            "logging_steps": 1, "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 0,
+            "bf16": False, "eval_split_ratio": 0}
     curves = {}
-    for bf16 in (False, True):
-        out = tmp_path / f"bf16-{bf16}"
-        cfg = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True,
-               "lora_r": 8, "lora_dropout": 0.0, "learning_rate": 2e-2, "max_steps": 12, "max_length": 64,
-               "per_device_train_batch_size": 8, "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
-               "seed": 0, "logging_steps": 1, "report": False, "train_sampling_strategy": "sequential",
-               "output_dir": str(out)}
-        run_recipe("sft", ["--config", write_config(tmp_path / f"{bf16}.yaml", cfg)])
-        curves[bf16] = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
-        assert yaml.safe_load((out / "config.yaml").read_text())["bf16"] is bf16  # the precision it trained in
-    for bf16, curve in curves.items():
-        assert len(curve) == 12 and curve[-1] < 0.8 * curve[0], (bf16, curve)
-    assert curves[True] == pytest.approx(curves[False], rel=3e-2), curves
-
-
-def test_narrow_lm_head_tiles_keep_loss_and_gradients(monkeypatch):
-    """The CPU's narrower tiles for trl's fused LM head give the same log-probs, entropy and gradients as trl's
-    default width (several tiles and a partial last one here: vocabulary 10,000 at 4,096 vs one 32,768 tile)."""
-    import torch
-    import trl.trainer.utils as trl_utils
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-
-    from finetune_kit.hardware import TORCH_LM_HEAD_TILE, narrow_lm_head_tiles
-
-    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
-    narrow_lm_head_tiles("cpu")
-    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == TORCH_LM_HEAD_TILE == 4096
-
-    torch.manual_seed(0)
-    hidden0, weight0 = torch.randn(300, 64), torch.randn(10_000, 64) * 0.1
-    labels = torch.randint(0, 10_000, (300,))
-
-    def run(width):
-        hidden, weight = hidden0.clone().requires_grad_(True), weight0.clone().requires_grad_(True)
-        log_probs, entropy, *_ = ChunkedLogProbFunction.apply(hidden, weight, None, labels, 1.0, width, None, 1.0,
-                                                              ("log_probs", "entropy"))
-        (-log_probs.sum() + 0.1 * entropy.sum()).backward()
-        return log_probs.detach(), entropy.detach(), hidden.grad, weight.grad
-
-    for narrow, wide in zip(run(TORCH_LM_HEAD_TILE), run(32768)):
-        torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
-
-
-def test_tokenizing_in_several_processes_gives_the_same_rows(tokenizer):
-    from datasets import Dataset
-
-    from finetune_kit.data import tokenize_sft_dataset
-
-    dataset = Dataset.from_list(_rows(12))
-    one, two = tokenize_sft_dataset(dataset, tokenizer), tokenize_sft_dataset(dataset, tokenizer, num_proc=2)
-    assert one["input_ids"] == two["input_ids"] and one["assistant_masks"] == two["assistant_masks"]
-    assert any(any(mask) for mask in one["assistant_masks"])
+    for bf16_base in (False, True):
+        monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: bf16_base)
+        out = tmp_path / str(bf16_base)
+        run_recipe("sft", ["--config", write_config(tmp_path / f"{bf16_base}.yaml", {**base, "output_dir": str(out)})])
+        info = json.loads((out / "run_info.json").read_text())
+        assert ("dtype" in info["decisions"]) is bf16_base
+        assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+        curves[bf16_base] = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+    assert len(curves[False]) == 6 and curves[False][-1] < curves[False][0]
+    assert curves[True] == pytest.approx(curves[False], rel=2e-2), curves

@@ -18,7 +18,8 @@ from finetune_kit import recipes
 from finetune_kit.yaml_config import CONFIGS_DIR, read_yaml_config
 
 ACCEPTED = "# truncation accepted:"
-TRUNCATION = re.compile(r"(training rows are longer than max_length|sources are longer than max_source_length)=\d+ "
+TRUNCATION = re.compile(r"(training rows are longer than max_length|sources are longer than max_source_length|"
+                        r"captions are longer than max_length)=\d+ "
                         r"and will be (truncated|dropped)|targets are cut to max_target_length|whose target is over "
                         r"max_target_length")
 
@@ -32,13 +33,16 @@ def _decoder_configs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from finetune_kit import demo, demo_grpo, demo_rlhf, demo_seq2seq
+    from finetune_kit import demo, demo_clip, demo_grpo, demo_rlhf, demo_seq2seq, demo_vision_chat
 
     root = tmp_path_factory.mktemp("generated")
     demo.make_dataset(root / "data/generated/identity")
     demo_rlhf.make_dataset(root / "data/generated/rlhf")
     demo_grpo.make_dataset(root / "data/generated/grpo")
     demo_seq2seq.make_dataset(root / "data/generated/dates")  # rows, tokenizer and the T5 built from a config
+    demo_clip.make_dataset(root / "data/generated/clip-shapes", per_class=4, zero_shot_per_class=2)  # + tiny CLIP
+    # pictures, rows and the tiny SmolVLM built from a config
+    demo_vision_chat.make_dataset(root / "data/generated/shapes", sizes={"train": 40, "validation": 8, "test": 8})
     return root
 
 
@@ -62,7 +66,7 @@ def test_a_shipped_config_fits_its_data_or_says_why_not(name, generated, tmp_pat
     argv = ["--config", name, "--output_dir", str(tmp_path / "out")]
     if model.startswith("data/generated/"):  # a model the data command writes (seq2seq: a T5 built from a config)
         argv += ["--model_name_or_path", _local(model, generated)]
-    for key in ("dataset_name", "eval_dataset_name", "test_dataset_name"):
+    for key in ("dataset_name", "eval_dataset_name", "test_dataset_name", "zero_shot_dataset_name"):
         if key in raw:
             local = _local(str(raw[key]), generated)
             if local is None:

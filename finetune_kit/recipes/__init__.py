@@ -107,6 +107,12 @@ _DISTILL_UNREAD = ("streaming", "packing", "packing_strategy", "padding_free", "
                    "dataset_num_proc", "dataset_kwargs", "completion_only_loss", "assistant_only_loss", "loss_type",
                    "truncation_mode", "pad_to_multiple_of", "label_smoothing_factor", "router_aux_loss_coef",
                    "chat_template_path", "model_init_kwargs", "teacher_model_init_kwargs")
+# SFT on image rows: trl skips its dataset preparation (the vision collator encodes each batch) and refuses packing /
+# padding-free / keep_end for them, so these SFT keys shape nothing; rows have one shape (conversations with images),
+# read whole (no mixtures, no stream); the model is loaded by the recipe (no model_init_kwargs).
+_SFT_VISION_UNREAD = ("dataset_format", "datasets", "mix_strategy", "streaming", "packing", "packing_strategy",
+                      "padding_free", "eval_packing", "dataset_text_field", "dataset_num_proc", "dataset_kwargs",
+                      "completion_only_loss", "truncation_mode", "shuffle_dataset", "model_init_kwargs")
 # What our PPO loop (finetune_kit/rl/ppo.py) reads of transformers' TrainingArguments: AdamW, clipping, steps, saving.
 _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
                  "max_grad_norm", "max_steps", "logging_steps", "save_strategy", "save_steps",
@@ -161,6 +167,11 @@ RECIPES: list[Recipe] = [
     Recipe("distill", "knowledge distillation: a student learns a teacher's next-token distributions on SFT data "
            "(trl GKDTrainer)", "finetune_kit.config_distill:DistillRecipeConfig", "decoder", rows="sft",
            unread=_DISTILL_UNREAD, checks=(*_COMMON, cc.distill_has_teacher, cc.student_config_trains_whole)),
+    Recipe("sft_vision", "supervised fine-tuning of a vision-language model (SmolVLM, LLaVA, Qwen2-VL) on image + chat "
+           "rows (LoRA on the language model, or full)", "finetune_kit.config_vision_chat:VisionSFTRecipeConfig",
+           "vision-language", unread=_SFT_VISION_UNREAD, checks=(*_COMMON, cc.sampling_without_lengths),
+           data_check="finetune_kit.tasks.vision_chat:chat_rows",
+           length_check="finetune_kit.tasks.vision_chat:check_lengths"),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
            f"{_TASK}:TextClassificationConfig", "encoder", unread=_ENCODER_UNREAD, checks=_CLASSIFIER_CHECKS,
            data_check="finetune_kit.tasks.classification:labelled_examples"),
@@ -183,6 +194,13 @@ RECIPES: list[Recipe] = [
            f"{_TASK}:ImageClassificationConfig", "vision",
            unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path"),
            checks=(*_COMMON, cc.classifier_splits_in_range), data_check="finetune_kit.tasks.images:labelled_images"),
+    # Local image files only (no hub datasets): a row is an image and its caption, read by caption_column.
+    Recipe("clip", "image-text contrastive fine-tuning of a dual encoder (CLIP, SigLIP), zero-shot classification "
+           "scored before and after", "finetune_kit.config_clip:CLIPRecipeConfig", "image-text",
+           unread=(*_ENCODER_UNREAD, "column_mapping", "tokenizer_name_or_path"),
+           checks=(*_COMMON, cc.caption_template_names_label),
+           data_check="finetune_kit.tasks.image_text:image_text_rows",
+           length_check="finetune_kit.tasks.image_text:check_lengths"),
 ]
 
 
