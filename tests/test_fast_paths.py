@@ -31,6 +31,10 @@ def _rows(n: int) -> list[dict]:
             for i, w in enumerate(words[i % 8] for i in range(n))]
 
 
+# fp32 runs name dtype float32: a CPU with bf16 dot products would otherwise load a LoRA base in bf16
+# (hardware.fast_path_decisions), and these tests compare at fp32 tolerances.
+
+
 def _adapter(out):
     from safetensors.torch import load_file
 
@@ -40,7 +44,7 @@ def _adapter(out):
 @pytest.mark.parametrize("bf16", PRECISIONS)
 def test_gradient_accumulation_8x1_matches_1x8(tmp_path, tiny_model_dir, bf16):
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(16))
-    base = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
+    base = {"bf16": bf16, **({} if bf16 else {"dtype": "float32"}), "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
             "learning_rate": 0.5, "max_steps": 2, "max_length": 64, "save_strategy": "no", "report_to": "none",
             "disable_tqdm": True, "seed": 0, "logging_steps": 1, "report": False, "lora_dropout": 0.0,
             # SGD: the update is the gradient itself (Adam's first steps are ~lr * sign(g), which turns a 1e-9
@@ -92,7 +96,7 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tm
     """Same 8 examples in one step, as padded rows, as bfd-packed rows and as one padding-free row (sdpa on a CPU):
     per-token loss and the LoRA update agree to the precision's rounding (LOSS_REL, UPDATE_TOL)."""
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(8))
-    base = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
+    base = {"bf16": bf16, **({} if bf16 else {"dtype": "float32"}), "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
             "learning_rate": 0.5, "optim": "sgd", "max_steps": 1, "max_length": 256, "save_strategy": "no",
             "report_to": "none", "disable_tqdm": True, "seed": 0, "logging_steps": 1, "report": False,
             "lora_dropout": 0.0, "per_device_train_batch_size": 8, "train_sampling_strategy": "sequential",
@@ -140,6 +144,152 @@ def test_fast_paths_follow_the_hardware(tmp_path):
     assert made["packing"]["value"] is True and "attn_implementation" not in made  # the user's key is not a decision
     cfg, made = decide("--attn_implementation", "flash_attention_2", "--packing", "false")
     assert not cfg.training.packing and "packing" not in made  # the user's choice stands
+
+
+def test_activation_checkpointing_follows_the_memory_estimate(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from finetune_kit.config import parse_config
+    from finetune_kit.config_decoder import SFTRecipeConfig
+    from finetune_kit.decisions import Decisions
+    from finetune_kit.memory import activation_checkpointing
+
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
+
+    def decide(*flags, seq=512):
+        argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data), "--output_dir",
+                str(tmp_path / "o"), *flags]
+        cfg = parse_config(SFTRecipeConfig, argv)
+        decisions = Decisions(cfg, argv)
+        decisions.add(cfg, activation_checkpointing(cfg, decisions.user, seq))
+        return cfg.training.activation_checkpointing, cfg.training.gradient_checkpointing
+
+    monkeypatch.setattr("finetune_kit.hardware.has_accelerator", lambda: True)  # the GPU rule first
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)  # the share decides, not room
+    # 2 x 512 tokens of a hidden-32 model: activations ~3% of the ~1.4 GiB peak, recomputing would save nothing
+    assert decide("--per_device_train_batch_size", "2") == (False, False)
+    assert "decision: activation_checkpointing = False (auto: " in capsys.readouterr().out
+    # 2 x 4096: ~20% of the peak (the attention scores grow with the square of the length): on, as trl's default
+    assert decide("--per_device_train_batch_size", "2", seq=4096) == (True, True)
+    assert "decision: activation_checkpointing = True (auto: " in capsys.readouterr().out
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 2**30)  # a run that would not fit: always on
+    assert decide("--per_device_train_batch_size", "2") == (True, True)
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 1024 * 2**30)
+    assert decide("--per_device_train_batch_size", "512", "--activation_checkpointing", "false") == (False, False)
+    assert decide("--per_device_train_batch_size", "2", "--gradient_checkpointing", "true") == (True, True)
+    # A CPU: compute is short, so off even where the activations are a large share, until the estimated peak passes
+    # half of RAM (2 x 4096 tokens of the tiny model: a peak between 1.5 and 12 GiB)
+    capsys.readouterr()
+    monkeypatch.setattr("finetune_kit.hardware.has_accelerator", lambda: False)
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 24 * 2**30)
+    assert decide("--per_device_train_batch_size", "2", seq=4096) == (False, False)
+    assert "decision: activation_checkpointing = False (auto: CPU: " in capsys.readouterr().out
+    monkeypatch.setattr("finetune_kit.memory.device_memory", lambda: 3 * 2**30)
+    assert decide("--per_device_train_batch_size", "2", seq=4096) == (True, True)
+    assert "over half of 3 GiB RAM" in capsys.readouterr().out
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")  # FSDP recomputes blocks itself
+    assert decide("--per_device_train_batch_size", "512") == (False, False)
+
+
+def test_bf16_default_needs_amx_on_a_cpu(monkeypatch):
+    """bf16 is chosen on a CPU only with AMX: oneDNN's own "bf16 supported" is true on any AVX512-BW CPU, where bf16
+    is converted in software, and with AVX512-BF16 alone bf16 autocast still measured ~1.7x slower than fp32."""
+    import torch
+
+    from finetune_kit.hardware import BF16_ENV, bf16_is_fast
+
+    monkeypatch.delenv(BF16_ENV, raising=False)  # the hardware's answer, not a forced one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not bf16_is_fast()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert bf16_is_fast()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert not bf16_is_fast()
+
+
+def test_bf16_decision_can_be_forced_either_way(monkeypatch, tmp_path):
+    """FINETUNE_KIT_BF16 answers before the hardware, so the suite can run as the other kind of machine would; the
+    recipes' configs follow it, and an unreadable value is a named error, not a silent default."""
+    from finetune_kit.config import parse_config
+    from finetune_kit.errors import UserError
+    from finetune_kit.hardware import BF16_ENV, bf16_is_fast
+    from finetune_kit.config_decoder import SFTRecipeConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
+    for value, expected in (("1", True), ("on", True), ("0", False), ("false", False)):
+        monkeypatch.setenv(BF16_ENV, value)
+        assert bf16_is_fast() is expected
+        cfg = parse_config(SFTRecipeConfig, ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o")])
+        assert cfg.training.bf16 is expected
+        cfg = parse_config(SFTRecipeConfig, ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"),
+                                             "--bf16", str(not expected).lower()])
+        assert cfg.training.bf16 is not expected  # an explicit key beats the forced default
+    monkeypatch.setenv(BF16_ENV, "maybe")
+    with pytest.raises(UserError, match=BF16_ENV):
+        bf16_is_fast()
+
+
+@pytest.mark.skipif(not bf16_decision(), reason=BF16_SKIP_REASON)
+def test_a_short_bf16_run_learns_as_fp32_does(tmp_path, tiny_model_dir):
+    """bf16 autocast on purpose: 12 steps from the same start, each precision's loss falls, and the bf16 curve stays
+    within 3% of fp32's at every step (a few roundoffs of 2**-9 per step, compounding over 12 steps; a real
+    precision bug - bf16 master weights, a bf16 loss - drifts or stalls by far more)."""
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(32))
+    curves = {}
+    for bf16 in (False, True):
+        out = tmp_path / f"bf16-{bf16}"
+        cfg = {"bf16": bf16, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True,
+               "lora_r": 8, "lora_dropout": 0.0, "learning_rate": 2e-2, "max_steps": 12, "max_length": 64,
+               "per_device_train_batch_size": 8, "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+               "seed": 0, "logging_steps": 1, "report": False, "train_sampling_strategy": "sequential",
+               "output_dir": str(out)}
+        run_recipe("sft", ["--config", write_config(tmp_path / f"{bf16}.yaml", cfg)])
+        curves[bf16] = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+        assert yaml.safe_load((out / "config.yaml").read_text())["bf16"] is bf16  # the precision it trained in
+    for bf16, curve in curves.items():
+        assert len(curve) == 12 and curve[-1] < 0.8 * curve[0], (bf16, curve)
+    assert curves[True] == pytest.approx(curves[False], rel=3e-2), curves
+
+
+def test_narrow_lm_head_tiles_keep_loss_and_gradients(monkeypatch):
+    """The CPU's narrower tiles for trl's fused LM head give the same log-probs, entropy and gradients as trl's
+    default width (several tiles and a partial last one here: vocabulary 10,000 at 4,096 vs one 32,768 tile)."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    from finetune_kit.hardware import TORCH_LM_HEAD_TILE, narrow_lm_head_tiles
+
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    narrow_lm_head_tiles("cpu")
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == TORCH_LM_HEAD_TILE == 4096
+
+    torch.manual_seed(0)
+    hidden0, weight0 = torch.randn(300, 64), torch.randn(10_000, 64) * 0.1
+    labels = torch.randint(0, 10_000, (300,))
+
+    def run(width):
+        hidden, weight = hidden0.clone().requires_grad_(True), weight0.clone().requires_grad_(True)
+        log_probs, entropy, *_ = ChunkedLogProbFunction.apply(hidden, weight, None, labels, 1.0, width, None, 1.0,
+                                                              ("log_probs", "entropy"))
+        (-log_probs.sum() + 0.1 * entropy.sum()).backward()
+        return log_probs.detach(), entropy.detach(), hidden.grad, weight.grad
+
+    for narrow, wide in zip(run(TORCH_LM_HEAD_TILE), run(32768)):
+        torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
+
+
+def test_tokenizing_in_several_processes_gives_the_same_rows(tokenizer):
+    from datasets import Dataset
+
+    from finetune_kit.data import tokenize_sft_dataset
+
+    dataset = Dataset.from_list(_rows(12))
+    one, two = tokenize_sft_dataset(dataset, tokenizer), tokenize_sft_dataset(dataset, tokenizer, num_proc=2)
+    assert one["input_ids"] == two["input_ids"] and one["assistant_masks"] == two["assistant_masks"]
+    assert any(any(mask) for mask in one["assistant_masks"])
 
 
 def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, monkeypatch):
@@ -198,3 +348,71 @@ def test_lora_with_a_bf16_base_learns_like_an_fp32_base(tmp_path, tiny_model_dir
         curves[bf16_base] = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
     assert len(curves[False]) == 6 and curves[False][-1] < curves[False][0]
     assert curves[True] == pytest.approx(curves[False], rel=2e-2), curves
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lm_head_on_labelled_positions_matches_trls_fused_head(tiny_model_dir, monkeypatch, dtype):
+    """SFT's CPU LM head (labelled positions only, logits kept: finetune_kit.lm_head) gives trl's fused head's loss,
+    per-token log-probs, entropy, top-1 and LoRA gradients: prompt and padding positions, a row without labels,
+    num_items_in_batch as gradient accumulation passes it; with an fp32 base and with a bf16 base (fp32 adapters, the
+    `dtype` decision on a CPU with bf16 dot products), where both heads compute fp32 logits. Tolerance: fp32 sums in
+    another order (1e-5)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import FusedCausalLMOutput, add_fused_lm_head
+
+    from finetune_kit import lm_head
+    from finetune_kit.lm_head import patch_forward
+
+    projections = []  # our head ran (not trl's path it falls back to)
+    monkeypatch.setattr(lm_head, "F", types.SimpleNamespace(
+        linear=lambda *args: projections.append(args[0].shape) or torch.nn.functional.linear(*args)))
+
+    def model(ours: bool):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype))
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        if ours:
+            patch_forward(base, FusedCausalLMOutput)
+        torch.manual_seed(0)
+        peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+        for name, param in peft.named_parameters():  # B starts at zero: give the adapters something to differentiate
+            if "lora_B" in name:
+                param.data.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+        return peft
+
+    torch.manual_seed(1)
+    ids = torch.randint(0, 1000, (3, 40))
+    attention = torch.ones_like(ids)
+    attention[1, 30:] = 0  # padding
+    labels = ids.clone()
+    labels[:, :12] = -100  # prompt
+    labels[1, 30:] = -100
+    labels[2] = -100  # a row with nothing to learn
+    results = []
+    for ours in (False, True):
+        peft = model(ours)
+        out = peft(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True, num_items_in_batch=50)
+        out.loss.backward()
+        grads = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+        results.append((out, grads))
+    (trl_out, trl_grads), (our_out, our_grads) = results
+    assert projections == [(28 + 18, 32)]  # the labelled positions only (hidden size 32)
+    assert our_out.label_mask.sum() == trl_out.label_mask.sum() == 28 + 18  # labels 12..39 and 12..29, shifted by one
+    # trl hands back its per-token fields in the hidden states' dtype: under a bf16 base they are rounded to bf16
+    # (8 bits: ~4e-3 relative), ours stay fp32. Same values at that resolution; gradients (fp32 adapters) alike.
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 8e-3, "atol": 1e-2}
+    for field in ("loss", "log_probs", "entropy"):
+        torch.testing.assert_close(getattr(our_out, field).float(), getattr(trl_out, field).float(), **tolerance)
+    assert torch.equal(our_out.is_top1.bool(), trl_out.is_top1.bool())
+    assert trl_grads.keys() == our_grads.keys() and any(g.abs().sum() > 0 for g in our_grads.values())
+    for name in trl_grads:
+        ours_, trls = our_grads[name].flatten(), trl_grads[name].flatten()
+        if dtype == "float32":
+            torch.testing.assert_close(ours_, trls, rtol=1e-5, atol=1e-6, msg=name)
+        else:  # the bf16 backbone rounds the two heads' (equal to ~1e-6) input gradients differently on the way down
+            assert torch.nn.functional.cosine_similarity(ours_, trls, dim=0) > 0.9995, name
+            assert ours_.norm() / trls.norm() == pytest.approx(1, abs=0.01), name
+    # every row ignored: a differentiable zero, as in trl
+    empty = model(True)(input_ids=ids, labels=torch.full_like(ids, -100), fused_lm_head=True)
+    empty.loss.backward()
+    assert empty.loss.item() == 0.0
