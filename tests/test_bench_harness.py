@@ -171,8 +171,13 @@ def test_trl_sweep_points_are_valid_sft_configs(tmp_path):
     from benchmarks.arms import TRL_TUNED
     from benchmarks.trl_sweep import GRID
 
+    import torch
+
     for settings in [*GRID.values(), TRL_TUNED]:
-        SFTConfig(output_dir=str(tmp_path), use_cpu=True, **{"bf16": False, **settings})
+        # `dtype` is the model's load dtype (arms._sft_trl passes it to from_pretrained), the rest SFTConfig fields
+        assert isinstance(getattr(torch, settings.get("dtype", "float32")), torch.dtype)
+        SFTConfig(output_dir=str(tmp_path), use_cpu=True,
+                  **{"bf16": False, **{k: v for k, v in settings.items() if k != "dtype"}})
 
 
 STAND_IN_CLI = """#!{python}
