@@ -5,7 +5,7 @@
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
 length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
-to check) and the base loaded in bf16 (model_init_kwargs' dtype). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
+to check), the base loaded in bf16 (model_init_kwargs' dtype) and one row per micro-batch (the effective batch kept). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
 the arm must not change because a rerun on a busy machine ranked two close points the other way).
 """
 
@@ -35,6 +35,13 @@ GRID = {
                                                       "train_sampling_strategy": "group_by_length",
                                                       "dtype": "bfloat16"},
     "no-checkpointing+packing+bf16-weights": {"gradient_checkpointing": False, "packing": True, "dtype": "bfloat16"},
+    "no-checkpointing+padding_free+bf16-weights": {"gradient_checkpointing": False, "padding_free": True,
+                                                   "dtype": "bfloat16"},
+    # one row per micro-batch, the same effective batch (arms.micro_batched): no padding, half the activations; our
+    # arm runs so (arms.OURS_MICRO_BATCH), and a trl user may pick it as well
+    "no-checkpointing+micro-batch-1+bf16-weights": {"gradient_checkpointing": False, "micro_batch": 1,
+                                                    "dtype": "bfloat16"},
+    "no-checkpointing+micro-batch-1": {"gradient_checkpointing": False, "micro_batch": 1},
 }
 
 

@@ -3,6 +3,7 @@ examples, and the JSON holds every field."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -55,6 +56,11 @@ def test_sft_arms(tmp_path, tiny_model_dir):
 
     assert result["arms"]["trl-tuned"]["settings"] == {k: str(v) for k, v in trl_tuned_settings().items()}
     assert result["ratios_ours_over_trl-tuned"]["trained_tokens"] == 1.0
+    from benchmarks.arms import OURS_MICRO_BATCH
+
+    # ours trains OURS_MICRO_BATCH rows per micro-batch at the comparison's effective batch: the same optimizer steps
+    assert result["arms"]["ours"]["settings"] == {"micro_batch": OURS_MICRO_BATCH}
+    assert len(result["arms"]["ours"]["losses"]) == len(result["arms"]["trl-default"]["losses"]) == 3
 
 
 def test_dpo_arms(tmp_path, tiny_model_dir):
@@ -173,11 +179,16 @@ def test_trl_sweep_points_are_valid_sft_configs(tmp_path):
 
     import torch
 
+    from benchmarks.arms import _trl_args
+
+    opts = argparse.Namespace(out=str(tmp_path), batch=2, accumulation=2, max_length=64, learning_rate=2e-4, seed=0)
     for settings in [*GRID.values(), TRL_TUNED]:
-        # `dtype` is the model's load dtype (arms._sft_trl passes it to from_pretrained), the rest SFTConfig fields
+        # `dtype` is the model's load dtype (arms._sft_trl passes it to from_pretrained), `micro_batch` the rows per
+        # micro-batch (the effective batch kept), the rest SFTConfig fields
         assert isinstance(getattr(torch, settings.get("dtype", "float32")), torch.dtype)
-        SFTConfig(output_dir=str(tmp_path), use_cpu=True,
-                  **{"bf16": False, **{k: v for k, v in settings.items() if k != "dtype"}})
+        args = _trl_args(SFTConfig, opts, **{"bf16": False, **{k: v for k, v in settings.items() if k != "dtype"}})
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4, settings
+        assert args.per_device_train_batch_size == settings.get("micro_batch", 2)
 
 
 STAND_IN_CLI = """#!{python}

@@ -93,7 +93,8 @@ def test_packed_rows_attend_only_within_their_example_in_the_training_forward():
 
 @pytest.mark.parametrize("bf16", PRECISIONS)
 def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tmp_path, tiny_model_dir, bf16):
-    """Same 8 examples in one step, as padded rows, as bfd-packed rows and as one padding-free row (sdpa on a CPU):
+    """Same 8 examples in one step, as padded rows (to the longest, and to a multiple of 64), as bfd-packed rows and
+    as one padding-free row (sdpa on a CPU):
     per-token loss and the LoRA update agree to the precision's rounding (LOSS_REL, UPDATE_TOL)."""
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(8))
     base = {"bf16": bf16, **({} if bf16 else {"dtype": "float32"}), "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "lora_r": 4,
@@ -101,7 +102,10 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tm
             "report_to": "none", "disable_tqdm": True, "seed": 0, "logging_steps": 1, "report": False,
             "lora_dropout": 0.0, "per_device_train_batch_size": 8, "train_sampling_strategy": "sequential",
             "attn_implementation": "sdpa"}
-    shapes = {"padded": {"packing": False}, "packed": {"packing": True, "packing_strategy": "bfd"},
+    # padded_to_64: the CPU-bf16 decision's batch lengths (hardware.CPU_BF16_PAD), more padding, all of it masked
+    shapes = {"padded": {"packing": False, "pad_to_multiple_of": None},
+              "padded_to_64": {"packing": False, "pad_to_multiple_of": 64},
+              "packed": {"packing": True, "packing_strategy": "bfd"},
               "padding_free": {"packing": False, "padding_free": True, "max_length": None}}  # rows are short
     losses, adapters = {}, {}
     for name, extra in shapes.items():
@@ -112,7 +116,7 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tm
         losses[name] = next(row["loss"] for row in log if "loss" in row)
         adapters[name] = _adapter(out)
     assert max(adapters["padded"][k].abs().max().item() for k in adapters["padded"] if "lora_B" in k) > 1e-3
-    for name in ("packed", "padding_free"):
+    for name in ("padded_to_64", "packed", "padding_free"):
         assert losses[name] == pytest.approx(losses["padded"], rel=LOSS_REL[bf16]), name
         for key in adapters["padded"]:
             torch.testing.assert_close(adapters[name][key], adapters["padded"][key], **UPDATE_TOL[bf16])
@@ -295,7 +299,8 @@ def test_tokenizing_in_several_processes_gives_the_same_rows(tokenizer):
 def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, monkeypatch):
     """`dtype` is a decision for LoRA on a CPU whose matmuls run bf16 natively (hardware.cpu_bf16_matmul), never
     for full fine-tuning (fp32 master weights), a quantized base, or a dtype the user named; FINETUNE_KIT_BF16 forces
-    it either way, as it does the bf16 decision."""
+    it either way, as it does the bf16 decision. Wherever a CPU's matmuls run in bf16, padded batch lengths are
+    rounded up to hardware.CPU_BF16_PAD (oneDNN's per-shape kernels)."""
     from finetune_kit import hardware
     from finetune_kit.config import parse_config
     from finetune_kit.config_decoder import SFTRecipeConfig
@@ -317,6 +322,26 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
     assert dtype("--use_peft", "true", "--dtype", "float32") == ("float32", False)  # named: the user's
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: False)
     assert dtype("--use_peft", "true") == ("float32", False)
+    monkeypatch.undo()
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+
+    def padding(*flags):  # the pad_to_multiple_of decision: bf16 matmuls on a CPU, padded batches, key unset
+        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), "--use_peft", "true", *flags]
+        cfg = parse_config(SFTRecipeConfig, argv)
+        decisions = Decisions(cfg, argv)
+        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
+        return cfg.training.pad_to_multiple_of
+
+    for bf16_matmul, flags, expected in [
+            (True, ["--bf16", "false"], hardware.CPU_BF16_PAD),            # the bf16 base decision
+            (False, ["--bf16", "true"], hardware.CPU_BF16_PAD),            # bf16 autocast
+            (False, ["--bf16", "false", "--dtype", "bfloat16"], hardware.CPU_BF16_PAD),  # a bf16 base named
+            (False, ["--bf16", "false"], None),                            # fp32 matmuls: MKL, nothing cached
+            (True, ["--bf16", "false", "--packing", "true"], None),        # packed rows are max_length already
+            (True, ["--bf16", "false", "--padding_free", "true"], None),
+            (True, ["--bf16", "false", "--pad_to_multiple_of", "8"], 8)]:  # the user's value stands
+        monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda v=bf16_matmul: v)
+        assert padding(*flags) == expected, flags
     monkeypatch.undo()
     monkeypatch.setenv("FINETUNE_KIT_BF16", "0")
     assert not hardware.cpu_bf16_matmul()
