@@ -399,13 +399,16 @@ SECOND_BASELINES = {"qlora": "lora-bf16"}
 PEERS = ("llamafactory", "ms-swift", "axolotl", "unsloth")  # other tools, in their own environments (peer_arms.py)
 
 
-def _peer_arm(peer: str):
+def _peer_arm(peer: str, task: str = "sft"):
     def arm(opts) -> dict:
-        from benchmarks.peer_arms import PEER_ARMS
+        from benchmarks.peer_arms import DPO_PEER_ARMS, PEER_ARMS
 
-        return PEER_ARMS[peer](opts)
+        return {"sft": PEER_ARMS, "dpo": DPO_PEER_ARMS}[task][peer](opts)
 
     return arm
+
+
+DPO_PEERS = ("llamafactory", "ms-swift")  # the peers with a DPO arm (peer_arms.DPO_PEER_ARMS)
 
 
 from benchmarks.text_arms import text_classification_baseline, text_classification_ours  # imports the above
@@ -416,7 +419,8 @@ TASKS = {
                             **{peer: _peer_arm(peer) for peer in PEERS}},
             dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "alpaca_en_demo.json",
                  examples=16, eval_examples=16, batch=2, accumulation=2, max_length=512, learning_rate=2e-4)),
-    "dpo": ("trl-default", {"trl-default": dpo_baseline, "ours": dpo_ours},
+    "dpo": ("trl-default", {"trl-default": dpo_baseline, "ours": dpo_ours,
+                            **{peer: _peer_arm(peer, "dpo") for peer in DPO_PEERS}},
             dict(model="smollm2-135m-instruct", data=SHARED / "llamafactory_demo" / "dpo_en_demo.json",
                  examples=8, eval_examples=32, batch=2, accumulation=2, max_length=512, learning_rate=5e-5)),
     "text_classification": ("transformers-default", {"transformers-default": text_classification_baseline,

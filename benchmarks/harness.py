@@ -107,7 +107,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--arms", help="comma-separated subset of the task's arms (the baseline is always run; "
-                        "sft: ours, trl-tuned, llamafactory, ms-swift, axolotl, unsloth)")
+                        "sft: ours, trl-tuned, llamafactory, ms-swift, axolotl, unsloth; dpo: ours, llamafactory, "
+                        "ms-swift)")
     for internal in ("--arm", "--result", "--out", "--train_file", "--eval_file"):  # one arm in this process
         parser.add_argument(internal, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -141,6 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
         arms = {arm: run_arm(opts.task, arm, opts, files) for arm in chosen}
     if work:
         arms = {arm: credit(summary, work) for arm, summary in arms.items()}
+    elif "trained_tokens" in arms[baseline]:  # DPO: a peer tool is credited with the tokens trl counted on the same pairs
+        for summary in arms.values():
+            if "train_runtime" in summary and "trained_tokens" not in summary:
+                summary.update(trained_tokens=arms[baseline]["trained_tokens"], tokens_credited_from=baseline,
+                               tokens_per_second=arms[baseline]["trained_tokens"] / summary["train_runtime"])
     ran = [arm for arm in arms if "error" not in arms[arm]]  # a peer that could not run holds its error instead
     ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in ran if arm != baseline}
     second = SECOND_BASELINES.get(opts.task)

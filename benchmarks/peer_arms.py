@@ -128,19 +128,36 @@ def _printed_logs(log: Path) -> list[dict]:
     return rows
 
 
-def _score_adapter(opts, adapter: Path) -> float:
-    """The shared held-out reply loss of the tool's adapter, loaded with peft onto the same base folder."""
+def _adapted(opts, adapter: Path):
+    """The tool's adapter loaded with peft onto the same base folder, fp32."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from finetune_kit.models import resolve_checkpoint
 
     base = resolve_checkpoint(model_folder(opts.model))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).float()
-    return response_loss(model, AutoTokenizer.from_pretrained(base), _alpaca(opts.eval_file), opts.max_length)
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).float()
 
 
-def _peer(peer: str, opts, build) -> dict:
+def _score_adapter(opts, adapter: Path) -> dict:
+    """The shared held-out reply loss of the tool's adapter."""
+    from transformers import AutoTokenizer
+
+    from finetune_kit.models import resolve_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(model_folder(opts.model)))
+    return {"heldout_loss": response_loss(_adapted(opts, adapter), tokenizer, _alpaca(opts.eval_file),
+                                          opts.max_length)}
+
+
+def _score_preference_adapter(opts, adapter: Path) -> dict:
+    """The shared held-out DPO loss and reward accuracy of the tool's adapter (arms.preference_scores)."""
+    from benchmarks.arms import preference_scores
+
+    return preference_scores(_adapted(opts, adapter), opts)
+
+
+def _peer(peer: str, opts, build, score=_score_adapter) -> dict:
     """Shared frame of a peer arm: environment, run, summary, score; errors recorded, not raised."""
     from finetune_kit.hardware import bf16_is_fast
     from finetune_kit.models import resolve_checkpoint
@@ -159,7 +176,7 @@ def _peer(peer: str, opts, build) -> dict:
         return {**tool, **base}
     summary = {**_trainer_summary(work / "out", tool), **base}
     adapter = next((p.parent for p in (work / "out").rglob("adapter_config.json")), None)
-    summary["heldout_loss"] = _score_adapter(opts, adapter) if adapter else None
+    summary.update(score(opts, adapter) if adapter else {"heldout_loss": None})
     return summary
 
 
@@ -273,6 +290,58 @@ def sft_unsloth(opts) -> dict:
     return _peer("unsloth", opts, build)
 
 
+# ---- DPO: the same pairs, LoRA, beta 0.1 and sigmoid loss (trl's defaults, our recipe's), the adapter-free base
+# as the reference in every tool; scored by arms.preference_scores ----
+
+def _sharegpt_pairs(opts) -> list[dict]:
+    """The training pairs as our recipe reads them (arms._pairs), written in LLaMA-Factory's sharegpt ranking form
+    (its dpo_en_demo layout): conversations, then chosen / rejected replies."""
+    from benchmarks.arms import _pairs
+
+    speaker = {"user": "human", "assistant": "gpt", "system": "system"}
+    return [{"conversations": [{"from": speaker[t["role"]], "value": t["content"]} for t in pair["prompt"]],
+             "chosen": {"from": "gpt", "value": pair["chosen"][0]["content"]},
+             "rejected": {"from": "gpt", "value": pair["rejected"][0]["content"]}} for pair in _pairs(opts.train_file)]
+
+
+def dpo_llamafactory(opts) -> dict:
+    """LLaMA-Factory's LoRA DPO example (examples/train_lora/llama3_lora_dpo.yaml: stage dpo, pref_beta 0.1,
+    pref_loss sigmoid) on the SFT arm's frame."""
+    def build(model: str, work: Path, bf16: bool):
+        import yaml
+
+        data = work / "data"
+        data.mkdir(exist_ok=True)
+        (data / "train.json").write_text(json.dumps(_sharegpt_pairs(opts)))
+        (data / "dataset_info.json").write_text(json.dumps({"bench_pairs": {
+            "file_name": "train.json", "ranking": True, "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}))
+        config = {**llamafactory_config(opts, model, data, work / "out", bf16), "stage": "dpo",
+                  "dataset": "bench_pairs", "pref_beta": 0.1, "pref_loss": "sigmoid"}
+        (work / "train.yaml").write_text(yaml.safe_dump(config))
+        return [str(env_python("llamafactory").parent / PEERS["llamafactory"][1]), "train",
+                str(work / "train.yaml")], config
+
+    return _peer("llamafactory", opts, build, _score_preference_adapter)
+
+
+def dpo_ms_swift(opts) -> dict:
+    """`swift rlhf --rlhf_type dpo` (ms-swift's DPO docs: messages ending in the chosen reply, rejected_response)
+    with the SFT arm's LoRA options, beta 0.1, sigmoid loss."""
+    from benchmarks.arms import _pairs
+
+    def build(model: str, work: Path, bf16: bool):
+        rows = [{"messages": pair["prompt"] + pair["chosen"][:1], "rejected_response": pair["rejected"][0]["content"]}
+                for pair in _pairs(opts.train_file)]
+        (work / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        arguments = ["--rlhf_type", "dpo", "--beta", "0.1", "--loss_type", "sigmoid",
+                     *swift_arguments(opts, model, work / "train.jsonl", work / "out", bf16)]
+        return [str(env_python("ms-swift").parent / PEERS["ms-swift"][1]), "rlhf", *arguments], arguments
+
+    return _peer("ms-swift", opts, build, _score_preference_adapter)
+
+
 PEER_ARMS = {"llamafactory": sft_llamafactory, "ms-swift": sft_ms_swift,
              "axolotl": sft_axolotl,
              "unsloth": sft_unsloth}
+DPO_PEER_ARMS = {"llamafactory": dpo_llamafactory, "ms-swift": dpo_ms_swift}

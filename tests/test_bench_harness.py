@@ -172,14 +172,11 @@ def test_lora_shape_counts_the_tiny_llama(tiny_model_dir):
 
 
 def test_trl_sweep_points_are_valid_sft_configs(tmp_path):
+    import torch
     from trl import SFTConfig
 
-    from benchmarks.arms import TRL_TUNED
+    from benchmarks.arms import TRL_TUNED, _trl_args
     from benchmarks.trl_sweep import GRID
-
-    import torch
-
-    from benchmarks.arms import _trl_args
 
     opts = argparse.Namespace(out=str(tmp_path), batch=2, accumulation=2, max_length=64, learning_rate=2e-4, seed=0)
     for settings in [*GRID.values(), TRL_TUNED]:
@@ -203,7 +200,13 @@ assert sys.argv[1] == "train"
 cfg = yaml.safe_load(Path(sys.argv[2]).read_text())
 info = json.loads((Path(cfg["dataset_dir"]) / "dataset_info.json").read_text())[cfg["dataset"]]
 rows = json.loads((Path(cfg["dataset_dir"]) / info["file_name"]).read_text())
-assert rows and "instruction" in rows[0] and cfg["lora_target"] == "all" and cfg["num_train_epochs"] == 1
+if cfg["stage"] == "sft":
+    assert rows and "instruction" in rows[0]
+else:  # dpo: LLaMA-Factory's sharegpt ranking layout, trl's beta and loss
+    assert cfg["stage"] == "dpo" and info["ranking"] and info["formatting"] == "sharegpt"
+    assert {{"conversations", "chosen", "rejected"}} <= set(rows[0]) and rows[0]["conversations"][0]["from"] == "human"
+    assert cfg["pref_beta"] == 0.1 and cfg["pref_loss"] == "sigmoid"
+assert cfg["lora_target"] == "all" and cfg["num_train_epochs"] == 1
 model = get_peft_model(AutoModelForCausalLM.from_pretrained(cfg["model_name_or_path"]),
                        LoraConfig(r=cfg["lora_rank"], lora_alpha=cfg["lora_alpha"], target_modules="all-linear"))
 out = Path(cfg["output_dir"])
@@ -213,17 +216,8 @@ history = [{{"loss": 2.0, "step": 1}}, {{"loss": 1.0, "step": 2}}, {{"train_runt
 """
 
 
-def test_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkeypatch):
-    """The LLaMA-Factory arm end to end with a stand-in for its CLI (the real one needs its own environment and
-    minutes; `python -m benchmarks sft` runs it): the adapter it saves is loaded onto the same base and scored by
-    the shared held-out scorer, the tool's trainer state read, its process's peak RSS taken."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from benchmarks.arms import _alpaca, response_loss
-    from benchmarks.peer_arms import sft_llamafactory
-
+def _stand_in_llamafactory(tmp_path, monkeypatch) -> None:
+    """A built LLaMA-Factory environment in a fresh cache whose CLI is STAND_IN_CLI."""
     monkeypatch.setenv("FINETUNE_KIT_CACHE", str(tmp_path / "cache"))
     env = tmp_path / "cache" / "bench-envs" / "llamafactory"
     (env / "bin").mkdir(parents=True)
@@ -231,12 +225,31 @@ def test_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkey
     cli = env / "bin" / "llamafactory-cli"
     cli.write_text(STAND_IN_CLI.format(python=sys.executable))
     cli.chmod(0o755)
-    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i} {i}"} for i in range(6)]
+
+
+def _four_and_two(tmp_path, rows, model_dir):
+    """A peer arm's options: the first 4 rows to train on, the last 2 held out."""
+    from types import SimpleNamespace
+
     (tmp_path / "train.json").write_text(json.dumps(rows[:4]))
-    (tmp_path / "eval.json").write_text(json.dumps(rows[4:]))
-    opts = SimpleNamespace(model=str(tiny_model_dir), train_file=tmp_path / "train.json",
-                           eval_file=tmp_path / "eval.json", out=str(tmp_path / "run"), max_length=64, batch=2,
-                           accumulation=1, learning_rate=1e-4, seed=1)
+    (tmp_path / "eval.json").write_text(json.dumps(rows[4:6]))
+    return SimpleNamespace(model=str(model_dir), train_file=tmp_path / "train.json", eval_file=tmp_path / "eval.json",
+                           out=str(tmp_path / "run"), max_length=64, batch=2, accumulation=1, learning_rate=1e-4,
+                           seed=1)
+
+
+def test_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkeypatch):
+    """The LLaMA-Factory arm end to end with a stand-in for its CLI (the real one needs its own environment and
+    minutes; `python -m benchmarks sft` runs it): the adapter it saves is loaded onto the same base and scored by
+    the shared held-out scorer, the tool's trainer state read, its process's peak RSS taken."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.arms import _alpaca, response_loss
+    from benchmarks.peer_arms import sft_llamafactory
+
+    _stand_in_llamafactory(tmp_path, monkeypatch)
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i} {i}"} for i in range(6)]
+    opts = _four_and_two(tmp_path, rows, tiny_model_dir)
     summary = sft_llamafactory(opts)
     assert "error" not in summary, summary.get("error")
     assert summary["train_runtime"] == 4.0 and summary["losses"] == [2.0, 1.0] and summary["mean_train_loss"] == 1.5
@@ -244,6 +257,26 @@ def test_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkey
     base = response_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                          AutoTokenizer.from_pretrained(tiny_model_dir), _alpaca(tmp_path / "eval.json"), 64)
     assert abs(summary["heldout_loss"] - base) < 1e-5  # an untrained adapter scores as the base model
+
+
+def test_dpo_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkeypatch):
+    """The LLaMA-Factory DPO arm with the stand-in CLI: pairs written in its ranking layout, the saved adapter scored
+    by the shared preference scorer (an untrained adapter: policy = reference, so the DPO loss is log 2 and no pair
+    is won)."""
+    import math
+
+    from benchmarks.peer_arms import dpo_llamafactory
+
+    _stand_in_llamafactory(tmp_path, monkeypatch)
+    rows = [{"conversations": [{"from": "human", "value": f"Pick a number near {i}."}],
+             "chosen": {"from": "gpt", "value": f"{i + 1}"}, "rejected": {"from": "gpt", "value": "No."}}
+            for i in range(6)]
+    opts = _four_and_two(tmp_path, rows, tiny_model_dir)
+    summary = dpo_llamafactory(opts)
+    assert "error" not in summary, summary.get("error")
+    assert summary["settings"]["stage"] == "dpo" and summary["train_runtime"] == 4.0
+    assert summary["heldout_pairs"] == 2 and summary["heldout_accuracy"] == 0
+    assert summary["heldout_loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_a_peer_that_cannot_be_installed_reports_its_error(tmp_path, monkeypatch):
