@@ -71,8 +71,10 @@ def has_accelerator() -> bool:
 
 
 FLASH = ("flash_attention_2", "flash_attention_3")
-# Batch lengths on a CPU with bf16 matmuls are rounded up to this (fast_path_decisions: oneDNN's per-shape kernels).
-CPU_BF16_PAD = 64
+# Batch lengths on a CPU with bf16 matmuls are rounded up to these (fast_path_decisions: oneDNN's per-shape kernels):
+# 64 from max_length 512 (the 128-row alpaca bench: 189 tokens/s at 2.38 GB peak; 16 gave 185 at 2.83 GB), 16 below
+# (make sft's ~40-token rows, max_length 256: 118 s of training at 16, 134 s at 64, 112 s unpadded).
+CPU_BF16_PAD, CPU_BF16_PAD_SHORT = 64, 16
 
 
 def fast_path_decisions(cfg, user: set[str]) -> list:
@@ -87,7 +89,8 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
       tests/test_fast_paths.py) but attends over the whole row.
     - dtype (LoRA on a CPU with bf16 dot products, `cpu_bf16_matmul`): the frozen base loaded in bf16, adapters in
       fp32 (peft's default); the SFT LM head then runs in bf16 too (finetune_kit.lm_head).
-    - pad_to_multiple_of (CPU, bf16 matmuls: a bf16 base or bf16 autocast, padded batches): 64. oneDNN runs the CPU's
+    - pad_to_multiple_of (CPU, bf16 matmuls: a bf16 base or bf16 autocast, padded batches): 64 (16 under max_length
+      512, where rows are short and 64 would be mostly padding). oneDNN runs the CPU's
       bf16 matmuls and builds a kernel for every new shape and caches it; length-grouped batches of every length
       from 1 to max_length make hundreds of shapes. Lengths rounded up to 64 leave a few: the 128-row SFT bench at
       micro-batch 1 went from 148 to 189 tokens/s and its peak RSS from 3.26 to 2.38 GB, where the cache and the
@@ -121,9 +124,10 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
     packing = next((d.value for d in made if d.key == "packing"), args.packing)
     if "pad_to_multiple_of" not in user and bf16_matmuls and not has_accelerator() and not packing \
             and not args.padding_free:
-        made.append(Decision("pad_to_multiple_of", CPU_BF16_PAD, "bf16 matmuls on a CPU: oneDNN builds and caches a "
-                             f"kernel per shape, so batch lengths are rounded up to {CPU_BF16_PAD} (a few shapes, not "
-                             "hundreds; padding is masked out of the loss)"))
+        pad = CPU_BF16_PAD if (args.max_length or 0) >= 512 else CPU_BF16_PAD_SHORT
+        made.append(Decision("pad_to_multiple_of", pad, "bf16 matmuls on a CPU: oneDNN builds and caches a kernel per "
+                             f"shape, so batch lengths are rounded up to {pad} (a few shapes, not hundreds; padding is "
+                             f"masked out of the loss; {CPU_BF16_PAD_SHORT} under max_length 512, where rows are short)"))
     if "use_liger_kernel" not in user:
         liger = cuda and importlib.util.find_spec("liger_kernel") is not None
         made.append(Decision("use_liger_kernel", liger, "CUDA with liger-kernel installed" if liger

@@ -339,6 +339,7 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
             (False, ["--bf16", "false"], None),                            # fp32 matmuls: MKL, nothing cached
             (True, ["--bf16", "false", "--packing", "true"], None),        # packed rows are max_length already
             (True, ["--bf16", "false", "--padding_free", "true"], None),
+            (True, ["--bf16", "false", "--max_length", "256"], hardware.CPU_BF16_PAD_SHORT),  # short rows
             (True, ["--bf16", "false", "--pad_to_multiple_of", "8"], 8)]:  # the user's value stands
         monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda v=bf16_matmul: v)
         assert padding(*flags) == expected, flags
