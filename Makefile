@@ -79,7 +79,7 @@ chat: $(STAMP)
 # (benchmarks/harness.py; needs ../shared/datasets or --data): benchmarks/results/bench_{sft,text_classification,dpo}.json.
 # On a 2-core AVX512 CPU without native bf16: ~2 + ~2 + ~7 minutes. `python -m benchmarks qlora` (not in make bench:
 # it builds a 2.4 GB random 1.2B model) compares fp32 / bf16 LoRA with QLoRA. The SFT bench also runs trl-tuned and
-# the peer tools (LLaMA-Factory, ms-swift, axolotl, unsloth), building their environments on first use into
+# the peer tools (LLaMA-Factory, ms-swift, axolotl, unsloth; DPO: LLaMA-Factory, ms-swift), building their envs into
 # ~/.cache/finetune_kit/bench-envs (~2 GB each, pip downloads); without them: make bench BENCH_ARGS="--arms ours".
 bench: $(STAMP)
 	$(PY) -m benchmarks sft $(BENCH_ARGS)

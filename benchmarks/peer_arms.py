@@ -294,14 +294,24 @@ def sft_unsloth(opts) -> dict:
 # as the reference in every tool; scored by arms.preference_scores ----
 
 def _sharegpt_pairs(opts) -> list[dict]:
-    """The training pairs as our recipe reads them (arms._pairs), written in LLaMA-Factory's sharegpt ranking form
-    (its dpo_en_demo layout): conversations, then chosen / rejected replies."""
-    from benchmarks.arms import _pairs
-
+    """The training pairs (_chat_pairs) in LLaMA-Factory's sharegpt ranking form (its dpo_en_demo layout):
+    conversations, then chosen / rejected replies."""
     speaker = {"user": "human", "assistant": "gpt", "system": "system"}
     return [{"conversations": [{"from": speaker[t["role"]], "value": t["content"]} for t in pair["prompt"]],
              "chosen": {"from": "gpt", "value": pair["chosen"][0]["content"]},
-             "rejected": {"from": "gpt", "value": pair["rejected"][0]["content"]}} for pair in _pairs(opts.train_file)]
+             "rejected": {"from": "gpt", "value": pair["rejected"][0]["content"]}} for pair in _chat_pairs(opts)]
+
+
+def _chat_pairs(opts) -> list[dict]:
+    """The training pairs as our recipe reads them (arms._pairs), a plain-text prompt / reply as one user / assistant
+    turn (what a chat template makes of it)."""
+    from benchmarks.arms import _pairs
+
+    def turns(value, role):
+        return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+    return [{"prompt": turns(p["prompt"], "user"), "chosen": turns(p["chosen"], "assistant"),
+             "rejected": turns(p["rejected"], "assistant")} for p in _pairs(opts.train_file)]
 
 
 def dpo_llamafactory(opts) -> dict:
@@ -328,11 +338,9 @@ def dpo_llamafactory(opts) -> dict:
 def dpo_ms_swift(opts) -> dict:
     """`swift rlhf --rlhf_type dpo` (ms-swift's DPO docs: messages ending in the chosen reply, rejected_response)
     with the SFT arm's LoRA options, beta 0.1, sigmoid loss."""
-    from benchmarks.arms import _pairs
-
     def build(model: str, work: Path, bf16: bool):
         rows = [{"messages": pair["prompt"] + pair["chosen"][:1], "rejected_response": pair["rejected"][0]["content"]}
-                for pair in _pairs(opts.train_file)]
+                for pair in _chat_pairs(opts)]
         (work / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         arguments = ["--rlhf_type", "dpo", "--beta", "0.1", "--loss_type", "sigmoid",
                      *swift_arguments(opts, model, work / "train.jsonl", work / "out", bf16)]

@@ -69,7 +69,7 @@ def test_dpo_arms(tmp_path, tiny_model_dir):
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps(rows))
     result = _bench(tmp_path, "dpo", tiny_model_dir, data, "--examples", "8", "--eval_examples", "4", "--batch", "2",
-                    "--accumulation", "2", "--max_length", "64")
+                    "--accumulation", "2", "--max_length", "64", "--arms", "ours")  # peers: their own test
     _check_arms(result, "trl-default", 2)
     assert all(arm["heldout_loss"] > 0 and 0 <= arm["heldout_accuracy"] <= 1 for arm in result["arms"].values())
     assert result["ratios_ours_over_trl-default"]["heldout_loss"] > 0
@@ -259,7 +259,8 @@ def test_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkey
     assert abs(summary["heldout_loss"] - base) < 1e-5  # an untrained adapter scores as the base model
 
 
-def test_dpo_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("layout", ["sharegpt", "plain_text"])
+def test_dpo_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, monkeypatch, layout):
     """The LLaMA-Factory DPO arm with the stand-in CLI: pairs written in its ranking layout, the saved adapter scored
     by the shared preference scorer (an untrained adapter: policy = reference, so the DPO loss is log 2 and no pair
     is won)."""
@@ -270,6 +271,7 @@ def test_dpo_peer_arm_plumbing_with_a_stand_in_tool(tmp_path, tiny_model_dir, mo
     _stand_in_llamafactory(tmp_path, monkeypatch)
     rows = [{"conversations": [{"from": "human", "value": f"Pick a number near {i}."}],
              "chosen": {"from": "gpt", "value": f"{i + 1}"}, "rejected": {"from": "gpt", "value": "No."}}
+            if layout == "sharegpt" else {"prompt": f"Pick a number near {i}.", "chosen": f"{i + 1}", "rejected": "No."}
             for i in range(6)]
     opts = _four_and_two(tmp_path, rows, tiny_model_dir)
     summary = dpo_llamafactory(opts)
