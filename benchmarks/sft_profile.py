@@ -3,10 +3,10 @@
     python -m benchmarks sft_profile [--examples 16 --steps 2 --max_length 512]   # -> results/sft_profile.json
 
 The bench's workload (the embedded SmolLM2, LoRA r16 all-linear, alpaca rows, effective batch 4 in micro-batches
-of the bench's arms.OURS_MICRO_BATCH rows, our recipe's defaults); one optimizer step runs first unprofiled (warm-up: oneDNN kernel choice, first allocations),
-then `--steps` steps are profiled, data loading and collation included. Recorded: the top ops by self CPU time,
-their share of the profiled time, and a few groups (matmuls, attention, the LM head's loss, elementwise, optimizer,
-data loading).
+of the bench's arms.OURS_MICRO_BATCH rows, our recipe's defaults); one optimizer step runs first unprofiled
+(warm-up: oneDNN kernel choice, first allocations), then `--steps` steps are profiled, data loading and collation
+included. Recorded: the top ops by self CPU time, their share of the profiled time, and a few groups (matmuls,
+attention, the LM head's loss, elementwise, optimizer, data loading).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def main(argv: list[str]) -> dict:
         train, _ = write_subsets(Path(opts.data), opts.examples, 0, 42, Path(tmp))
         argv_recipe = ["--model_name_or_path", opts.model, "--dataset_name", str(train), "--output_dir",
                        str(Path(tmp) / "run"), "--per_device_train_batch_size", str(OURS_MICRO_BATCH),
-                       "--gradient_accumulation_steps", str(4 // OURS_MICRO_BATCH), "--learning_rate", "2e-4", "--seed", "42", "--max_length", str(opts.max_length),
+                       "--gradient_accumulation_steps", str(4 // OURS_MICRO_BATCH), "--learning_rate", "2e-4",
+                       "--seed", "42", "--max_length", str(opts.max_length),
                        "--eval_split_ratio", "0", *_lora_args(), "--num_train_epochs", "1", "--logging_steps", "1",
                        "--save_strategy", "no", "--report_to", "none", "--report", "false", "--disable_tqdm", "true",
                        *opts.extra]

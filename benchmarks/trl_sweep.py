@@ -5,8 +5,9 @@
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
 length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
-to check), the base loaded in bf16 (model_init_kwargs' dtype) and one row per micro-batch (the effective batch kept). The fastest point whose held-out reply loss is within 2% of the defaults' becomes arms.TRL_TUNED (by hand:
-the arm must not change because a rerun on a busy machine ranked two close points the other way).
+to check), the base loaded in bf16 (model_init_kwargs' dtype) and one row per micro-batch (the effective batch
+kept). The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as "best", which the
+trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no sweep was recorded).
 """
 
 from __future__ import annotations

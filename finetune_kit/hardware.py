@@ -90,9 +90,9 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
     - dtype (LoRA on a CPU with bf16 dot products, `cpu_bf16_matmul`): the frozen base loaded in bf16, adapters in
       fp32 (peft's default); the SFT LM head then runs in bf16 too (finetune_kit.lm_head).
     - pad_to_multiple_of (CPU, bf16 matmuls: a bf16 base or bf16 autocast, padded batches): 64 (16 under max_length
-      512, where rows are short and 64 would be mostly padding). oneDNN runs the CPU's
-      bf16 matmuls and builds a kernel for every new shape and caches it; length-grouped batches of every length
-      from 1 to max_length make hundreds of shapes. Lengths rounded up to 64 leave a few: the 128-row SFT bench at
+      512, where rows are short and 64 would be mostly padding). oneDNN runs the CPU's bf16 matmuls and builds a
+      kernel for every new shape and caches it; length-grouped batches of every length from 1 to max_length make
+      hundreds of shapes. Lengths rounded up to 64 leave a few: the 128-row SFT bench at
       micro-batch 1 went from 148 to 189 tokens/s and its peak RSS from 3.26 to 2.38 GB, where the cache and the
       heap had grown every step (no gain in fp32: MKL's fp32 kernels keep no per-shape state). trl does the same
       for Neuron's compiled shapes (`pad_to_multiple_of: auto` -> 128 there). Padding is masked: same loss.
@@ -125,9 +125,10 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
     if "pad_to_multiple_of" not in user and bf16_matmuls and not has_accelerator() and not packing \
             and not args.padding_free:
         pad = CPU_BF16_PAD if (args.max_length or 0) >= 512 else CPU_BF16_PAD_SHORT
-        made.append(Decision("pad_to_multiple_of", pad, "bf16 matmuls on a CPU: oneDNN builds and caches a kernel per "
-                             f"shape, so batch lengths are rounded up to {pad} (a few shapes, not hundreds; padding is "
-                             f"masked out of the loss; {CPU_BF16_PAD_SHORT} under max_length 512, where rows are short)"))
+        made.append(Decision("pad_to_multiple_of", pad, "bf16 matmuls on a CPU: oneDNN builds and caches a kernel "
+                             f"per shape, so batch lengths are rounded up to {pad} (a few shapes, not hundreds; "
+                             f"padding is masked out of the loss; {CPU_BF16_PAD_SHORT} under max_length 512, where "
+                             "rows are short)"))
     if "use_liger_kernel" not in user:
         liger = cuda and importlib.util.find_spec("liger_kernel") is not None
         made.append(Decision("use_liger_kernel", liger, "CUDA with liger-kernel installed" if liger

@@ -300,7 +300,7 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
     """`dtype` is a decision for LoRA on a CPU whose matmuls run bf16 natively (hardware.cpu_bf16_matmul), never
     for full fine-tuning (fp32 master weights), a quantized base, or a dtype the user named; FINETUNE_KIT_BF16 forces
     it either way, as it does the bf16 decision. Wherever a CPU's matmuls run in bf16, padded batch lengths are
-    rounded up to hardware.CPU_BF16_PAD (oneDNN's per-shape kernels)."""
+    rounded up to hardware.CPU_BF16_PAD (CPU_BF16_PAD_SHORT under max_length 512; oneDNN's per-shape kernels)."""
     from finetune_kit import hardware
     from finetune_kit.config import parse_config
     from finetune_kit.config_decoder import SFTRecipeConfig
@@ -308,12 +308,16 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
 
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
 
-    def dtype(*flags):
+    def decided(*flags):  # the config after fast_path_decisions, and what was decided
         argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), *flags]
         cfg = parse_config(SFTRecipeConfig, argv)
         decisions = Decisions(cfg, argv)
         decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
-        return cfg.model.dtype, "dtype" in decisions.record()
+        return cfg, decisions.record()
+
+    def dtype(*flags):
+        cfg, made = decided(*flags)
+        return cfg.model.dtype, "dtype" in made
 
     monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: True)
@@ -326,11 +330,7 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
     monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
 
     def padding(*flags):  # the pad_to_multiple_of decision: bf16 matmuls on a CPU, padded batches, key unset
-        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), "--use_peft", "true", *flags]
-        cfg = parse_config(SFTRecipeConfig, argv)
-        decisions = Decisions(cfg, argv)
-        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
-        return cfg.training.pad_to_multiple_of
+        return decided("--use_peft", "true", *flags)[0].training.pad_to_multiple_of
 
     for bf16_matmul, flags, expected in [
             (True, ["--bf16", "false"], hardware.CPU_BF16_PAD),            # the bf16 base decision
