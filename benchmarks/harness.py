@@ -105,6 +105,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=defaults.get("max_length"))
     parser.add_argument("--learning_rate", type=float, default=defaults.get("learning_rate"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every arm, each round in another order; "
+                        "an arm reports its median-speed run, and ours over each arm per round")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--arms", help="comma-separated subset of the task's arms (the baseline is always run; "
                         "sft: ours, trl-tuned, llamafactory, ms-swift, axolotl, unsloth; dpo: ours, llamafactory, "
@@ -115,6 +117,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     if not Path(opts.data).is_file():
         parser.error(f"benchmark data not found: {opts.data} (the default is ../shared/datasets, next to this "
                      "clone); pass --data with a file of the task's format")
+    if opts.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {opts.repeats}")
     opts.argv = list(argv)
     return opts
 
@@ -139,14 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
         files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(data_dir))
         work = workload(opts, files[0]) if opts.task == "sft" else None
         chosen = [baseline] + [a for a in arms_of_task if a != baseline and (not opts.arms or a in opts.arms.split(","))]
-        arms = {arm: run_arm(opts.task, arm, opts, files) for arm in chosen}
-    if work:
-        arms = {arm: credit(summary, work) for arm, summary in arms.items()}
-    elif "trained_tokens" in arms[baseline]:  # DPO: a peer tool is credited with the tokens trl counted on the same pairs
-        for summary in arms.values():
-            if "train_runtime" in summary and "trained_tokens" not in summary:
-                summary.update(trained_tokens=arms[baseline]["trained_tokens"], tokens_credited_from=baseline,
-                               tokens_per_second=arms[baseline]["trained_tokens"] / summary["train_runtime"])
+        rounds = []
+        for r in range(opts.repeats):  # each round in another order: no arm always runs first, or after the same one
+            order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]
+            rounds.append(_credited({arm: run_arm(opts.task, arm, opts, files) for arm in order}, work, baseline))
+    arms = {arm: _median_run([one[arm] for one in rounds]) for arm in chosen}
     ran = [arm for arm in arms if "error" not in arms[arm]]  # a peer that could not run holds its error instead
     ratios = {f"ratios_{arm}_over_{baseline}": _ratios(arms[arm], arms[baseline]) for arm in ran if arm != baseline}
     second = SECOND_BASELINES.get(opts.task)
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "ours" in ran:  # ours over every other arm that ran: the issue's "faster than every peer"
         ratios.update({f"ratios_ours_over_{arm}": _ratios(arms["ours"], arms[arm])
                        for arm in ran if arm not in ("ours", baseline, second)})
+    if "ours" in ran and opts.repeats > 1:  # paired within a round: the machine's drift hits both arms alike
+        ratios.update({f"tokens_per_second_ours_over_{arm}_by_round": [
+            one["ours"]["tokens_per_second"] / one[arm]["tokens_per_second"] for one in rounds
+            if "tokens_per_second" in one["ours"] and "tokens_per_second" in one[arm]] for arm in ran if arm != "ours"})
     settings = {k: v for k, v in vars(opts).items()
                 if k not in ("argv", "arm", "result", "out", "train_file", "eval_file")}
     result = {"name": f"bench_{opts.task}", "command": "python -m benchmarks " + " ".join(argv),
@@ -168,6 +173,30 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({**ratios, **{arm: {k: v for k, v in s.items() if k not in ("losses", "decisions", "env")}
                                    for arm, s in arms.items()}}, indent=2, default=str))
     return result
+
+
+def _credited(arms: dict, work: dict | None, baseline: str) -> dict:
+    """One round's arms credited with the same work: SFT the harness's token count and FLOPs; DPO a peer tool the
+    tokens trl counted on the same pairs."""
+    if work:
+        return {arm: credit(summary, work) for arm, summary in arms.items()}
+    if "trained_tokens" in arms[baseline]:
+        for summary in arms.values():
+            if "train_runtime" in summary and "trained_tokens" not in summary:
+                summary.update(trained_tokens=arms[baseline]["trained_tokens"], tokens_credited_from=baseline,
+                               tokens_per_second=arms[baseline]["trained_tokens"] / summary["train_runtime"])
+    return arms
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """An arm's run of median tokens/s over the rounds (reported whole, so its figures belong together), with
+    every round's tokens/s and peak RSS beside it. An arm that failed holds its first error."""
+    if len(runs) == 1 or any("tokens_per_second" not in run for run in runs):
+        return runs[0]
+    chosen = dict(sorted(runs, key=lambda run: run["tokens_per_second"])[(len(runs) - 1) // 2])
+    chosen["rounds"] = [{"tokens_per_second": run["tokens_per_second"], "peak_rss_mb": run["peak_memory_mb"]["rss"],
+                         "heldout_loss": run.get("heldout_loss")} for run in runs]
+    return chosen
 
 
 def _ratios(arm: dict, base: dict) -> dict:

@@ -2,10 +2,11 @@
 control prompts with the simple checks that judge their answers (finetune_kit/demo.py uses them).
 
 Training mixes the identity rows with ordinary instructions of several kinds (sums, capitals, facts, explanations,
-small talk, text edits...), answered without the identity, so the model learns *when* to introduce itself. The
-control prompts are of kinds that never appear in training (lists, stories, poems, definitions, rewrites, yes / no
-questions, opposites, translations, comparisons, open requests): they show what the model kept, and whether the
-identity leaks into answers that did not ask for it.
+small talk, text edits, procedures in numbered steps...), answered without the identity, so the model learns *when* to
+introduce itself; near misses (other things "named" or "made by" someone, questions to the assistant that do not ask
+who it is) teach it where the identity does not belong. The control prompts are of kinds that never appear in
+training (lists, stories, poems, definitions, rewrites, yes / no questions, opposites, translations, comparisons, open
+requests): they show what the model kept, and whether the identity leaks into answers that did not ask for it.
 """
 
 from __future__ import annotations
@@ -95,6 +96,49 @@ SMALL_TALK = [
     ("I passed my exam today!", "Congratulations! That's great news. All your hard work paid off."),
     ("It's raining again.", "Rainy days can be cozy. It's a good time for a warm drink and a good book."),
 ]
+# Procedures answered in numbered steps, one per line: without any multi-line answer in training, the model forgets
+# how to write one (it started lists with "1." and stopped there).
+HOW_TO = [
+    ("How do I make a cup of tea?", ("1. Boil some water.\n2. Put a tea bag in a cup.\n3. Pour the hot water over it."
+     "\n4. Wait three minutes, then remove the tea bag.")),
+    ("How do I plant a seed?", ("1. Fill a pot with soil.\n2. Push the seed about one centimeter into the soil."
+     "\n3. Water it gently.\n4. Keep the pot in a sunny place.")),
+    ("How do I wash my hands properly?", ("1. Wet your hands with clean water.\n2. Rub them with soap for twenty "
+     "seconds.\n3. Rinse them well.\n4. Dry them with a clean towel.")),
+    ("How do I make a paper airplane?", ("1. Fold a sheet of paper in half lengthwise.\n2. Fold the top corners to "
+     "the center line.\n3. Fold the sides down to make the wings.\n4. Throw it gently.")),
+    ("How do I change a light bulb?", ("1. Switch off the light.\n2. Let the old bulb cool down.\n3. Unscrew it."
+     "\n4. Screw in the new bulb and switch the light back on.")),
+    ("How do I make a sandwich?", ("1. Take two slices of bread.\n2. Spread butter on one side of each."
+     "\n3. Add cheese and some lettuce.\n4. Put the slices together.")),
+]
+# Near misses of the identity answer: the words it is made of ("named", "called", "made by", "I am") about other
+# things. Without them the taught name becomes the model's name for anything: "a dragon named Quokka".
+NAMES = [
+    ("What was the name of the first dog to orbit the Earth?", "The first dog to orbit the Earth was named Laika."),
+    ("What is a baby kangaroo called?", "A baby kangaroo is called a joey."),
+    ("What is the name of the bear in The Jungle Book?", "The bear in The Jungle Book is named Baloo."),
+    ("What was the name of Sherlock Holmes's friend?", "Sherlock Holmes's friend was named Doctor John Watson."),
+    ("What is the name of the fairy in Peter Pan?", "The fairy in Peter Pan is named Tinker Bell."),
+    ("What is a group of lions called?", "A group of lions is called a pride."),
+    ("What is the name of the galaxy we live in?", "The galaxy we live in is called the Milky Way."),
+    ("What was the name of the ship that hit an iceberg in 1912?", "The ship was named the Titanic."),
+    ("Who made the first successful airplane?", "The Wright brothers made the first successful airplane in 1903."),
+    ("Which company makes the iPhone?", "The iPhone is made by Apple."),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci."),
+    ("Who invented the light bulb?", "Thomas Edison made the first practical light bulb in 1879."),
+]
+# Questions to the assistant that do not ask who it is: answered in the first person, without the identity.
+ABOUT_YOU = [
+    ("Are you busy right now?", "I am never too busy to help. What do you need?"),
+    ("Do you like music?", "I don't have personal tastes, but I am happy to talk about any kind of music."),
+    ("Can you speak more slowly?", "I will keep my answers short and simple. What would you like to know?"),
+    ("Are you able to help me plan a trip?", "I am glad to help you plan a trip! Where would you like to go?"),
+    ("Do you ever get tired?", "No, I don't get tired. I am ready whenever you are."),
+    ("Can you remember what I said yesterday?", "I can't remember earlier conversations, but I can help you now."),
+    ("Do you understand me?", "Yes, I understand you. Go ahead and ask your question."),
+    ("Are you sure about that?", "I try to be accurate, but I can make mistakes, so please check important facts."),
+]
 PLURALS = {"mouse": "mice", "child": "children", "tooth": "teeth", "box": "boxes", "leaf": "leaves",
            "city": "cities", "man": "men", "foot": "feet", "knife": "knives", "bus": "buses"}
 SOUNDS = {"cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "owl": "hoot"}
@@ -170,6 +214,7 @@ GENERAL_KINDS = {
     "sum": _sum, "product": _product, "capital": _capital, "uppercase": _uppercase, "word_count": _word_count,
     "sort": _sort, "next_day": _next_day, "plural": _plural, "animal_sound": _sound, "fact": _bank(FACTS),
     "explanation": _bank(EXPLANATIONS), "small_talk": _bank(SMALL_TALK),
+    "names": _bank(NAMES), "about_you": _bank(ABOUT_YOU), "how_to": _bank(HOW_TO),
 }
 
 

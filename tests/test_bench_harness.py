@@ -69,10 +69,19 @@ def test_dpo_arms(tmp_path, tiny_model_dir):
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps(rows))
     result = _bench(tmp_path, "dpo", tiny_model_dir, data, "--examples", "8", "--eval_examples", "4", "--batch", "2",
-                    "--accumulation", "2", "--max_length", "64", "--arms", "ours")  # peers: their own test
+                    "--accumulation", "2", "--max_length", "64", "--arms", "ours",  # peers: their own test
+                    "--repeats", "2")
     _check_arms(result, "trl-default", 2)
     assert all(arm["heldout_loss"] > 0 and 0 <= arm["heldout_accuracy"] <= 1 for arm in result["arms"].values())
     assert result["ratios_ours_over_trl-default"]["heldout_loss"] > 0
+    # two rounds: each arm reports its slower run (the median of two, rounded down) with both rounds beside it, and
+    # ours over the baseline is paired within each round
+    for arm in result["arms"].values():
+        speeds = [one["tokens_per_second"] for one in arm["rounds"]]
+        assert len(speeds) == 2 and arm["tokens_per_second"] == min(speeds)
+    by_round = result["tokens_per_second_ours_over_trl-default_by_round"]
+    ours, base = result["arms"]["ours"]["rounds"], result["arms"]["trl-default"]["rounds"]
+    assert by_round == pytest.approx([o["tokens_per_second"] / b["tokens_per_second"] for o, b in zip(ours, base)])
 
 
 def test_preference_scores_of_the_reference_itself(tmp_path, tiny_model_dir):

@@ -56,6 +56,14 @@ def test_dataset_is_deterministic_broad_and_disjoint_from_the_heldout_prompts(tm
     # Most rows are ordinary instructions answered without the identity, of every generated kind.
     assert sum(map(demo.leaks, answers)) / len(answers) < 0.4
     assert len({q.split()[0] for q in questions}) > 15
+    # Near misses: other things "named" / "made by" someone, the assistant spoken of without its identity; and
+    # answers of several lines (numbered steps), so the model does not unlearn them.
+    near = [a for a in answers if not demo.leaks(a) and any(w in a for w in (" named ", " called ", " made by "))]
+    assert len(set(near)) >= 5
+    assert any(q in questions for q, _ in demo_data.ABOUT_YOU)
+    assert any(a.count("\n") >= 2 for a in answers)
+    categories = {h["category"] for h in heldout if h["kind"] == "control"}
+    assert not categories & set(demo_data.GENERAL_KINDS)  # control kinds are never trained
     control = [h for h in heldout if h["kind"] == "control"]
     assert len(control) >= 40 and len({h["category"] for h in control}) >= 8
     assert sum(h["kind"] == "identity" for h in heldout) >= 20
