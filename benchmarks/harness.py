@@ -4,6 +4,7 @@ trl tuned by hand and the peer tools (LLaMA-Factory, ms-swift; axolotl and unslo
     python -m benchmarks sft | dpo | text_classification [--examples N ...]     # make bench runs these three
     python -m benchmarks sft --examples 128 --eval_examples 32               # the 128-row SFT workload, every arm
     python -m benchmarks sft --arms ours,trl-tuned      # a subset (the baseline always runs): no peer environments
+    python -m benchmarks sft --arms ours,trl-tuned --repeats 3   # 3 rounds in rotated order: median run per arm
     python -m benchmarks trl_sweep | sft_profile        # the trl-tuned grid; torch.profiler on our SFT step
     python -m benchmarks qlora [--arms qlora-4bit]     # fp32 / bf16 LoRA vs QLoRA (fp32 / bf16), all ours, random 1.2B
     python -m benchmarks sft --model <dir> --data <file> --examples 8 --max_length 64   # the smoke test's tiny run
