@@ -191,9 +191,11 @@ def _credited(arms: dict, work: dict | None, baseline: str) -> dict:
 
 def _median_run(runs: list[dict]) -> dict:
     """An arm's run of median tokens/s over the rounds (reported whole, so its figures belong together), with
-    every round's tokens/s and peak RSS beside it. An arm that failed holds its first error."""
-    if len(runs) == 1 or any("tokens_per_second" not in run for run in runs):
-        return runs[0]
+    every round's tokens/s, peak RSS and held-out loss beside it. An arm that failed in any round holds its first
+    error (a round's failure is not hidden behind the other rounds' figures)."""
+    failed = [run for run in runs if "tokens_per_second" not in run]
+    if len(runs) == 1 or failed:
+        return (failed or runs)[0]
     chosen = dict(sorted(runs, key=lambda run: run["tokens_per_second"])[(len(runs) - 1) // 2])
     chosen["rounds"] = [{"tokens_per_second": run["tokens_per_second"], "peak_rss_mb": run["peak_memory_mb"]["rss"],
                          "heldout_loss": run.get("heldout_loss")} for run in runs]
