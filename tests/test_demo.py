@@ -62,10 +62,10 @@ def test_dataset_is_deterministic_broad_and_disjoint_from_the_heldout_prompts(tm
     assert len(set(near)) >= 5
     assert any(q in questions for q, _ in demo_data.ABOUT_YOU)
     assert any(a.count("\n") >= 2 for a in answers)
-    categories = {h["category"] for h in heldout if h["kind"] == "control"}
-    assert not categories & set(demo_data.GENERAL_KINDS)  # control kinds are never trained
     control = [h for h in heldout if h["kind"] == "control"]
-    assert len(control) >= 40 and len({h["category"] for h in control}) >= 8
+    categories = {h["category"] for h in control}
+    assert len(control) >= 40 and len(categories) >= 8
+    assert not categories & set(demo_data.GENERAL_KINDS)  # control kinds are never trained
     assert sum(h["kind"] == "identity" for h in heldout) >= 20
 
 
