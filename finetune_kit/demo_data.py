@@ -113,7 +113,9 @@ HOW_TO = [
      "\n3. Add cheese and some lettuce.\n4. Put the slices together.")),
 ]
 # Near misses of the identity answer: the words it is made of ("named", "called", "made by", "I am") about other
-# things. Without them the taught name becomes the model's name for anything: "a dragon named Quokka".
+# things. Without them the taught name becomes the model's name for anything: "a dragon named Quokka". The last six
+# name characters of books and films, the leak stories kept (a character needs a name): leakage 6.2% -> 4.2 / 4.2 /
+# 8.3% over training seeds 42 / 43 / 44 (benchmarks/results/make_sft_demo.json).
 NAMES = [
     ("What was the name of the first dog to orbit the Earth?", "The first dog to orbit the Earth was named Laika."),
     ("What is a baby kangaroo called?", "A baby kangaroo is called a joey."),
@@ -127,6 +129,12 @@ NAMES = [
     ("Which company makes the iPhone?", "The iPhone is made by Apple."),
     ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci."),
     ("Who invented the light bulb?", "Thomas Edison made the first practical light bulb in 1879."),
+    ("What is the name of Harry Potter's owl?", "Harry Potter's owl is named Hedwig."),
+    ("What is the name of the donkey in Winnie-the-Pooh?", "The donkey in Winnie-the-Pooh is named Eeyore."),
+    ("What is the name of the clownfish who gets lost in the film?", "The lost clownfish is named Nemo."),
+    ("What is the name of the young deer in the Disney film?", "The young deer is named Bambi."),
+    ("What is the name of the flying elephant in the Disney film?", "The flying elephant is named Dumbo."),
+    ("What is the name of Don Quixote's horse?", "Don Quixote's horse is named Rocinante."),
 ]
 # Questions to the assistant that do not ask who it is: answered in the first person, without the identity.
 ABOUT_YOU = [
