@@ -246,17 +246,17 @@ def _sft_trl(opts, **settings) -> dict:
 
     from finetune_kit.models import resolve_checkpoint
 
-    # `dtype`: the model loaded in that dtype (what `model_init_kwargs={"dtype": ...}` does for a model named by
+    # `dtype`, `attn_implementation`: the model loaded so (what `model_init_kwargs` does for a model named by
     # string); the rest are SFTConfig fields
-    dtype = settings.get("dtype")
-    args = _trl_args(SFTConfig, opts, **{k: v for k, v in settings.items() if k != "dtype"})
+    load = {k: settings[k] for k in ("dtype", "attn_implementation") if k in settings}
+    args = _trl_args(SFTConfig, opts, **{k: v for k, v in settings.items() if k not in load})
     rows = _alpaca(opts.train_file)
     if args.padding_free and not args.packing:  # trl then wants rows already cut at max_length (its own message)
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(opts.model))
         rows = [{"input_ids": tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)[
             "input_ids"][:opts.max_length]} for row in rows]
         args.max_length = None
-    model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model), dtype=dtype or "auto")
+    model = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(opts.model), **{"dtype": "auto", **load})
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), peft_config=_peft())
     reset_peak_rss()
     result = trainer.train()
@@ -264,7 +264,7 @@ def _sft_trl(opts, **settings) -> dict:
     summary = _log(trainer.state.log_history, result.metrics["train_runtime"])
     summary["heldout_loss"] = response_loss(trainer.model.float(), tokenizer, _alpaca(opts.eval_file), opts.max_length)
     return {**summary, "settings": {k: str(v) for k, v in settings.items()}, "bf16": bool(args.bf16),
-            "dtype": dtype or "float32"}
+            "dtype": load.get("dtype") or "float32"}
 
 
 def training_lengths(model: str, train_file: Path, max_length: int) -> list[int]:

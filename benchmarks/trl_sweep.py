@@ -5,9 +5,9 @@
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
 length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
-to check), the base loaded in bf16 (model_init_kwargs' dtype) and one row per micro-batch (the effective batch
-kept). The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as "best", which the
-trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no sweep was recorded).
+to check), the base loaded in bf16 (model_init_kwargs' dtype), one row per micro-batch (the effective batch
+kept) and eager attention. The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as
+"best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no sweep was recorded).
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ GRID = {
     "no-checkpointing+micro-batch-1+bf16-weights": {"gradient_checkpointing": False, "micro_batch": 1,
                                                     "dtype": "bfloat16"},
     "no-checkpointing+micro-batch-1": {"gradient_checkpointing": False, "micro_batch": 1},
+    # transformers' eager attention (model_init_kwargs={"attn_implementation": "eager"}): with bf16 matmuls on a CPU
+    # it beat sdpa for our arm (results/sft_fast_path_probe.json), so a trl user may try it too
+    "no-checkpointing+padding_free+bf16-weights+eager": {"gradient_checkpointing": False, "padding_free": True,
+                                                         "dtype": "bfloat16", "attn_implementation": "eager"},
+    "no-checkpointing+micro-batch-1+bf16-weights+eager": {"gradient_checkpointing": False, "micro_batch": 1,
+                                                          "dtype": "bfloat16", "attn_implementation": "eager"},
 }
 
 

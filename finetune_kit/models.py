@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from finetune_kit import cpu_attention
 from finetune_kit.errors import UserError
 from finetune_kit.model_files import (  # noqa: F401 - some re-exported
     EMBEDDED,
@@ -205,6 +206,8 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
         problem = lora_targets_problem(config, model_args.lora_target_modules, model_args.model_name_or_path)
         if problem:
             raise UserError(problem)
+    if model_args.attn_implementation == cpu_attention.NAME:  # ours: registered with transformers in this process
+        cpu_attention.register()
     try:
         model = auto_class.from_pretrained(
             resolved,

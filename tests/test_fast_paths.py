@@ -122,8 +122,9 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tm
             torch.testing.assert_close(adapters[name][key], adapters["padded"][key], **UPDATE_TOL[bf16])
 
 
-def test_fast_paths_follow_the_hardware(tmp_path):
+def test_fast_paths_follow_the_hardware(tmp_path, monkeypatch):
     """The fast paths are decisions returned as values, for the keys the user left unset only."""
+    from finetune_kit import hardware
     from finetune_kit.config import parse_config
     from finetune_kit.config_decoder import SFTRecipeConfig
     from finetune_kit.decisions import Decisions
@@ -138,7 +139,9 @@ def test_fast_paths_follow_the_hardware(tmp_path):
         decisions.add(cfg, *fast_path_decisions(cfg, decisions.user))
         return cfg, decisions.record()
 
-    cfg, made = decide()  # this CPU: no flash attention, no Liger: sdpa with length-grouped, padded batches
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: False)  # fp32 matmuls: the library's attention
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    cfg, made = decide()  # a CPU: no flash attention, no Liger: sdpa with length-grouped, padded batches
     assert cfg.model.attn_implementation is None and not cfg.training.packing
     assert not cfg.training.use_liger_kernel
     assert made["packing"]["value"] is False and made["use_liger_kernel"]["value"] is False
@@ -442,3 +445,119 @@ def test_lm_head_on_labelled_positions_matches_trls_fused_head(tiny_model_dir, m
     empty = model(True)(input_ids=ids, labels=torch.full_like(ids, -100), fused_lm_head=True)
     empty.loss.backward()
     assert empty.loss.item() == 0.0
+
+
+def test_cpu_attention_families_share_llamas_eager_attention():
+    """cpu_attention is chosen only for families whose eager attention is llama's line for line, so that swapping
+    it computes what theirs does; a transformers release that changes one of them fails here."""
+    import importlib
+    import inspect
+
+    from finetune_kit.cpu_attention import FAMILIES
+
+    def body(family):
+        module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        return inspect.getsource(module.eager_attention_forward)
+
+    assert "llama" in FAMILIES and all(body(family) == body("llama") for family in FAMILIES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_attention_matches_sdpa_in_outputs_and_gradients(dtype):
+    """finetune_kit.cpu_attention against transformers' sdpa on the same grouped-query inputs and additive mask
+    (causal, two padded keys): outputs and the gradients of query, key and value. fp32: equal to 1e-5. bf16: the
+    softmax kept in bf16 rounds the weights to 8 bits, so both are compared with an fp32 reference and ours may be
+    off by at most twice sdpa's own bf16 error (+1e-3)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from finetune_kit.cpu_attention import eager_bf16_softmax
+
+    torch.manual_seed(0)
+    batch, heads, groups, length, width = 2, 4, 2, 12, 8
+    module = types.SimpleNamespace(num_key_value_groups=groups, training=True, is_causal=True)
+    q, k, v = (torch.randn(batch, h, length, width) for h in (heads, heads // groups, heads // groups))
+    mask = torch.full((length, length), torch.finfo(torch.float32).min).triu(1)[None, None].repeat(batch, 1, 1, 1)
+    mask[1, :, :, -2:] = torch.finfo(torch.float32).min  # the second row's last two tokens are padding
+
+    def run(attention, dt):
+        inputs = [t.detach().to(dt).clone().requires_grad_() for t in (q, k, v)]
+        out, _ = attention(module, *inputs, mask.to(dt), scaling=width ** -0.5, dropout=0.0)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return [out.float()] + [t.grad.float() for t in inputs]
+
+    reference = run(sdpa_attention_forward, torch.float32)
+    ours, theirs = run(eager_bf16_softmax, dtype), run(sdpa_attention_forward, dtype)
+    for name, mine, sdpa, ref in zip(["output", "d query", "d key", "d value"], ours, theirs, reference):
+        if dtype == torch.float32:
+            torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6, msg=name)
+        else:
+            assert (mine - ref).abs().max() <= 2 * (sdpa - ref).abs().max() + 1e-3, name
+
+
+def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_model_dir, monkeypatch):
+    """attn_implementation becomes cpu_attention's where a CPU multiplies in bf16 and batches are padded rows of at
+    most CPU_EAGER_MAX_LENGTH tokens (the data's longest) of a llama-like family; elsewhere, and wherever the user
+    named it, it stays."""
+    from transformers import GPT2Config
+
+    from finetune_kit import cpu_attention, hardware
+    from finetune_kit.config import parse_config
+    from finetune_kit.config_decoder import SFTRecipeConfig
+    from finetune_kit.decisions import Decisions
+
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
+    other = tmp_path / "gpt2"
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(other)
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+
+    def attention(*flags, model=tiny_model_dir, longest=hardware.CPU_EAGER_MAX_LENGTH):
+        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), "--use_peft", "true",
+                "--model_name_or_path", str(model), *flags]
+        cfg = parse_config(SFTRecipeConfig, argv)
+        decisions = Decisions(cfg, argv)
+        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
+        decisions.add(cfg, *hardware.cpu_attention_decision(cfg, decisions.user, longest))
+        assert ("attn_implementation" in decisions.record()) is (cfg.model.attn_implementation == cpu_attention.NAME)
+        return cfg.model.attn_implementation
+
+    for bf16_matmul, flags, expected in [
+            (True, [], cpu_attention.NAME),                                  # the bf16 base decision
+            (False, ["--bf16", "true"], cpu_attention.NAME),                 # bf16 autocast
+            (False, ["--bf16", "false"], None),                              # fp32: not measured
+            (True, ["--attn_implementation", "sdpa"], "sdpa"),               # the user's value stands
+            (True, ["--packing", "true"], None),                             # packed / padding-free rows: long
+            (True, ["--padding_free", "true"], None)]:
+        monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda v=bf16_matmul: v)
+        assert attention(*flags) == expected, flags
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: True)
+    assert attention(longest=hardware.CPU_EAGER_MAX_LENGTH + 1) is None  # [L, L] weights: longer rows keep sdpa
+    assert attention(model=other) is None  # gpt2's attention is not llama's
+
+
+def test_cpu_attention_trains_as_sdpa_does(tmp_path, tiny_model_dir, monkeypatch):
+    """The guard of the CPU-attention fast path: one LoRA step on the same 8 padded rows with the base in bf16,
+    attention decided (cpu_attention) and sdpa named: the same loss and LoRA update to bf16's rounding (LOSS_REL,
+    UPDATE_TOL for bf16), and the decision is recorded in run_info.json."""
+    from finetune_kit import cpu_attention, hardware
+
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: True)
+    data = write_jsonl(tmp_path / "rows.jsonl", _rows(8))
+    base = {"bf16": False, "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True,
+            "lora_r": 4, "lora_dropout": 0.0, "learning_rate": 0.5, "optim": "sgd", "max_steps": 1,
+            "max_length": 256, "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 0,
+            "logging_steps": 1, "report": False, "per_device_train_batch_size": 8,
+            "train_sampling_strategy": "sequential", "eval_split_ratio": 0}
+    losses, adapters = {}, {}
+    for name, extra in {"decided": {}, "sdpa": {"attn_implementation": "sdpa"}}.items():
+        out = tmp_path / name
+        run_recipe("sft", ["--config", write_config(tmp_path / f"{name}.yaml", {**base, **extra,
+                                                                              "output_dir": str(out)})])
+        decided = json.loads((out / "run_info.json").read_text())["decisions"].get("attn_implementation", {})
+        assert decided.get("value") == (cpu_attention.NAME if name == "decided" else None)
+        losses[name] = next(row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row)
+        adapters[name] = _adapter(out)
+    assert max(adapters["sdpa"][k].abs().max().item() for k in adapters["sdpa"] if "lora_B" in k) > 1e-3
+    assert losses["decided"] == pytest.approx(losses["sdpa"], rel=LOSS_REL[True])
+    for key in adapters["sdpa"]:
+        torch.testing.assert_close(adapters["decided"][key], adapters["sdpa"][key], **UPDATE_TOL[True])
