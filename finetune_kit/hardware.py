@@ -76,9 +76,6 @@ FLASH = ("flash_attention_2", "flash_attention_3")
 # 64 from max_length 512 (the 128-row alpaca bench: 189 tokens/s at 2.38 GB peak; 16 gave 185 at 2.83 GB), 16 below
 # (make sft's ~40-token rows, max_length 256: 118 s of training at 16, 134 s at 64, 112 s unpadded).
 CPU_BF16_PAD, CPU_BF16_PAD_SHORT = 64, 16
-# The longest rows eager attention is chosen for on a CPU (fast_path_decisions): the length it was measured at.
-CPU_EAGER_MAX_LENGTH = 512
-
 
 def _model_type(model_args) -> str | None:
     """The checkpoint's `model_type` from its config, or None where it cannot be read here (loading says why)."""
@@ -112,6 +109,13 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
       micro-batch 1 went from 148 to 189 tokens/s and its peak RSS from 3.26 to 2.38 GB, where the cache and the
       heap had grown every step (no gain in fp32: MKL's fp32 kernels keep no per-shape state). trl does the same
       for Neuron's compiled shapes (`pad_to_multiple_of: auto` -> 128 there). Padding is masked: same loss.
+    - attn_implementation (CPU, bf16 matmuls, padded batches, a family whose attention is llama's):
+      finetune_kit.cpu_attention, eager attention with its softmax in bf16 up to EAGER_MAX_TOKENS, sdpa above. sdpa's
+      CPU flash-attention backward was 11.6% of our step (results/sft_profile.json); eager attention's matmuls run
+      on oneDNN's bf16 kernels. On the 128-row alpaca bench at 512 tokens (results/sft_fast_path_probe.json)
+      transformers' eager beat sdpa by 1.05-1.13x in four paired rounds but kept +0.45 GB (an fp32 and a bf16 copy
+      of the [heads, L, L] weights); the bf16 softmax 1.08x at +0.15 GB; with sdpa above 256 tokens the same speed
+      (168.6 / 159.5 tokens/s against 168.9 / 153.0 in two paired rounds) at 2.37 / 2.47 GB against 2.55 / 2.53.
     - use_liger_kernel: on a CUDA GPU with liger-kernel installed (fused RMSNorm / RoPE / SwiGLU; trl keeps its own
       chunked loss).
     """
@@ -138,6 +142,13 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
                              "recasts frozen weights on every call); adapters, gradients and optimizer stay fp32"))
     bf16_matmuls = args.bf16 or any(d.key == "dtype" for d in made) or model.dtype == "bfloat16"
     packing = next((d.value for d in made if d.key == "packing"), args.packing)
+    if "attn_implementation" not in user and attention is None and bf16_matmuls and not has_accelerator() \
+            and not packing and not args.padding_free and _model_type(model) in cpu_attention.FAMILIES:
+        made.append(Decision("attn_implementation", cpu_attention.register(), "bf16 matmuls on a CPU: eager "
+                             "attention's matmuls run on oneDNN's bf16 kernels, faster than sdpa's CPU flash "
+                             "attention here; softmax kept in bf16 (one copy of the weights a layer), and sdpa for "
+                             f"rows over {cpu_attention.EAGER_MAX_TOKENS} tokens, where eager's [L, L] weights cost "
+                             "memory"))
     if "pad_to_multiple_of" not in user and bf16_matmuls and not has_accelerator() and not packing \
             and not args.padding_free:
         pad = CPU_BF16_PAD if (args.max_length or 0) >= 512 else CPU_BF16_PAD_SHORT
@@ -150,29 +161,6 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
         made.append(Decision("use_liger_kernel", liger, "CUDA with liger-kernel installed" if liger
                              else "needs a CUDA GPU and the liger-kernel package"))
     return made
-
-
-def cpu_attention_decision(cfg, user: set[str], longest: int) -> list:
-    """attn_implementation for an SFT-family run, once its packing is decided and its longest row (`longest`) known:
-    finetune_kit.cpu_attention (eager attention, its softmax in bf16) where a CPU multiplies in bf16 (a bf16 base or
-    autocast), batches are padded rows of at most CPU_EAGER_MAX_LENGTH tokens, and the family's attention is llama's;
-    nothing where the user named it, or elsewhere. sdpa's CPU flash-attention backward was 11.6% of our step
-    (results/sft_profile.json); eager attention's matmuls run on oneDNN's bf16 kernels. On the 128-row alpaca
-    bench at 512 tokens (results/sft_fast_path_probe.json) transformers' eager beat sdpa by 1.05-1.13x in four paired
-    rounds but kept +0.45 GB (an fp32 and a bf16 copy of the weights); this one 1.08x at +0.15 GB. The
-    [heads, L, L] weights it keeps grow with the square of the length, hence the cap at the length measured."""
-    from finetune_kit.decisions import Decision
-
-    model, args = cfg.model, cfg.training
-    bf16_matmuls = args.bf16 or model.dtype == "bfloat16"
-    if "attn_implementation" in user or model.attn_implementation is not None or not bf16_matmuls or \
-            has_accelerator() or args.packing or args.padding_free or longest > CPU_EAGER_MAX_LENGTH or \
-            _model_type(model) not in cpu_attention.FAMILIES:
-        return []
-    return [Decision("attn_implementation", cpu_attention.register(), "bf16 matmuls on a CPU, rows of at most "
-                     f"{CPU_EAGER_MAX_LENGTH} tokens: eager attention's matmuls run on oneDNN's bf16 kernels, faster "
-                     "than sdpa's CPU flash attention here; its softmax kept in bf16 holds one copy of the attention "
-                     "weights a layer")]
 
 
 # Vocabulary columns per tile of trl's fused LM head where its tiles are folded in torch ops (no Triton: the CPU).

@@ -462,16 +462,20 @@ def test_cpu_attention_families_share_llamas_eager_attention():
     assert "llama" in FAMILIES and all(body(family) == body("llama") for family in FAMILIES)
 
 
+@pytest.mark.parametrize("eager_max_tokens", [256, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_attention_matches_sdpa_in_outputs_and_gradients(dtype):
+def test_cpu_attention_matches_sdpa_in_outputs_and_gradients(dtype, eager_max_tokens, monkeypatch):
     """finetune_kit.cpu_attention against transformers' sdpa on the same grouped-query inputs and additive mask
-    (causal, two padded keys): outputs and the gradients of query, key and value. fp32: equal to 1e-5. bf16: the
-    softmax kept in bf16 rounds the weights to 8 bits, so both are compared with an fp32 reference and ours may be
-    off by at most twice sdpa's own bf16 error (+1e-3)."""
+    (causal, two padded keys), 12 tokens: below EAGER_MAX_TOKENS (eager) and above it (handed to sdpa): outputs and
+    the gradients of query, key and value. fp32: equal to 1e-5. bf16: the softmax kept in bf16 rounds the weights to
+    8 bits, so both are compared with an fp32 reference and ours may be off by at most twice sdpa's own bf16 error
+    (+1e-3)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from finetune_kit import cpu_attention
     from finetune_kit.cpu_attention import eager_bf16_softmax
 
+    monkeypatch.setattr(cpu_attention, "EAGER_MAX_TOKENS", eager_max_tokens)
     torch.manual_seed(0)
     batch, heads, groups, length, width = 2, 4, 2, 12, 8
     module = types.SimpleNamespace(num_key_value_groups=groups, training=True, is_causal=True)
@@ -495,9 +499,8 @@ def test_cpu_attention_matches_sdpa_in_outputs_and_gradients(dtype):
 
 
 def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_model_dir, monkeypatch):
-    """attn_implementation becomes cpu_attention's where a CPU multiplies in bf16 and batches are padded rows of at
-    most CPU_EAGER_MAX_LENGTH tokens (the data's longest) of a llama-like family; elsewhere, and wherever the user
-    named it, it stays."""
+    """attn_implementation becomes cpu_attention's where a CPU multiplies in bf16 and batches are padded rows of a
+    llama-like family; elsewhere, and wherever the user named it, it stays."""
     from transformers import GPT2Config
 
     from finetune_kit import cpu_attention, hardware
@@ -510,13 +513,12 @@ def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_mode
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(other)
     monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
 
-    def attention(*flags, model=tiny_model_dir, longest=hardware.CPU_EAGER_MAX_LENGTH):
+    def attention(*flags, model=tiny_model_dir):
         argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), "--use_peft", "true",
                 "--model_name_or_path", str(model), *flags]
         cfg = parse_config(SFTRecipeConfig, argv)
         decisions = Decisions(cfg, argv)
         decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
-        decisions.add(cfg, *hardware.cpu_attention_decision(cfg, decisions.user, longest))
         assert ("attn_implementation" in decisions.record()) is (cfg.model.attn_implementation == cpu_attention.NAME)
         return cfg.model.attn_implementation
 
@@ -530,7 +532,6 @@ def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_mode
         monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda v=bf16_matmul: v)
         assert attention(*flags) == expected, flags
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: True)
-    assert attention(longest=hardware.CPU_EAGER_MAX_LENGTH + 1) is None  # [L, L] weights: longer rows keep sdpa
     assert attention(model=other) is None  # gpt2's attention is not llama's
 
 

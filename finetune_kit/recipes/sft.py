@@ -28,7 +28,7 @@ from finetune_kit.data import (
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
-from finetune_kit.hardware import cpu_attention_decision, fast_path_decisions
+from finetune_kit.hardware import fast_path_decisions
 from finetune_kit.memory import activation_checkpointing, longest_sequence
 from finetune_kit.models import load_causal_lm, load_tokenizer
 from finetune_kit.runs import check_output_dir, finish_run
@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     decisions.add(cfg, *fast_path_decisions(cfg, decisions.user))  # flash attention, packing, Liger where they pay
     longest = longest_sequence(train_dataset, args.max_length, args.packing)
-    decisions.add(cfg, *cpu_attention_decision(cfg, decisions.user, longest))  # eager on a CPU's bf16 matmuls
     decisions.add(cfg, activation_checkpointing(cfg, decisions.user, longest, recipes.get("sft").sequences_per_example))
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = load_causal_lm(cfg.model, trust_remote_code=args.trust_remote_code)
