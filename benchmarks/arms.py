@@ -234,6 +234,10 @@ def trl_tuned_settings() -> dict:
     return {"bf16": bf16_is_fast(), **(TRL_TUNED if best is None else best)}
 
 
+# Settings of a trl arm that are the model's load arguments (model_init_kwargs for a model named by string)
+MODEL_LOAD_KEYS = ("dtype", "attn_implementation")
+
+
 def sft_trl_tuned(opts) -> dict:
     return _sft_trl(opts, **trl_tuned_settings())
 
@@ -248,7 +252,7 @@ def _sft_trl(opts, **settings) -> dict:
 
     # `dtype`, `attn_implementation`: the model loaded so (what `model_init_kwargs` does for a model named by
     # string); the rest are SFTConfig fields
-    load = {k: settings[k] for k in ("dtype", "attn_implementation") if k in settings}
+    load = {k: settings[k] for k in MODEL_LOAD_KEYS if k in settings}
     args = _trl_args(SFTConfig, opts, **{k: v for k, v in settings.items() if k not in load})
     rows = _alpaca(opts.train_file)
     if args.padding_free and not args.packing:  # trl then wants rows already cut at max_length (its own message)

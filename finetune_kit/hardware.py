@@ -77,6 +77,7 @@ FLASH = ("flash_attention_2", "flash_attention_3")
 # (make sft's ~40-token rows, max_length 256: 118 s of training at 16, 134 s at 64, 112 s unpadded).
 CPU_BF16_PAD, CPU_BF16_PAD_SHORT = 64, 16
 
+
 def _model_type(model_args) -> str | None:
     """The checkpoint's `model_type` from its config, or None where it cannot be read here (loading says why)."""
     from transformers import AutoConfig

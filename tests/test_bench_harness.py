@@ -184,15 +184,19 @@ def test_trl_sweep_points_are_valid_sft_configs(tmp_path):
     import torch
     from trl import SFTConfig
 
-    from benchmarks.arms import TRL_TUNED, _trl_args
+    from transformers import AttentionInterface
+
+    from benchmarks.arms import MODEL_LOAD_KEYS, TRL_TUNED, _trl_args
     from benchmarks.trl_sweep import GRID
 
     opts = argparse.Namespace(out=str(tmp_path), batch=2, accumulation=2, max_length=64, learning_rate=2e-4, seed=0)
     for settings in [*GRID.values(), TRL_TUNED]:
-        # `dtype` is the model's load dtype (arms._sft_trl passes it to from_pretrained), `micro_batch` the rows per
-        # micro-batch (the effective batch kept), the rest SFTConfig fields
+        # `dtype` and `attn_implementation` are the model's load arguments (arms._sft_trl passes them to
+        # from_pretrained), `micro_batch` the rows per micro-batch (the effective batch kept), the rest SFTConfig fields
         assert isinstance(getattr(torch, settings.get("dtype", "float32")), torch.dtype)
-        args = _trl_args(SFTConfig, opts, **{"bf16": False, **{k: v for k, v in settings.items() if k != "dtype"}})
+        assert settings.get("attn_implementation", "eager") in ["eager", *AttentionInterface._global_mapping]
+        fields = {k: v for k, v in settings.items() if k not in MODEL_LOAD_KEYS}
+        args = _trl_args(SFTConfig, opts, **{"bf16": False, **fields})
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4, settings
         assert args.per_device_train_batch_size == settings.get("micro_batch", 2)
 
