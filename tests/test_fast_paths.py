@@ -140,6 +140,7 @@ def test_fast_paths_follow_the_hardware(tmp_path, monkeypatch):
         return cfg, decisions.record()
 
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: False)  # fp32 matmuls: the library's attention
+    monkeypatch.setenv(hardware.BF16_ENV, "0")  # no bf16 autocast either (make test's second pass forces it on)
     monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
     cfg, made = decide()  # a CPU: no flash attention, no Liger: sdpa with length-grouped, padded batches
     assert cfg.model.attn_implementation is None and not cfg.training.packing
