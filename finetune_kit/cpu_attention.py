@@ -44,11 +44,11 @@ def eager_bf16_softmax(module, query, key, value, attention_mask, scaling, dropo
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-def register() -> str:
-    """Make NAME a valid `attn_implementation` (with eager's additive mask) in this process; returns NAME."""
+def register() -> None:
+    """Make NAME a valid `attn_implementation` (with eager's additive mask) in this process (models._load calls it
+    before loading a model that names it)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(NAME, eager_bf16_softmax)
     AttentionMaskInterface.register(NAME, eager_mask)
-    return NAME

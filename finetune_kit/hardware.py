@@ -143,15 +143,16 @@ def fast_path_decisions(cfg, user: set[str]) -> list:
                              "recasts frozen weights on every call); adapters, gradients and optimizer stay fp32"))
     bf16_matmuls = args.bf16 or any(d.key == "dtype" for d in made) or model.dtype == "bfloat16"
     packing = next((d.value for d in made if d.key == "packing"), args.packing)
-    if "attn_implementation" not in user and attention is None and bf16_matmuls and not has_accelerator() \
-            and not packing and not args.padding_free and _model_type(model) in cpu_attention.FAMILIES:
-        made.append(Decision("attn_implementation", cpu_attention.register(), "bf16 matmuls on a CPU: eager "
+    # CPU bf16 matmuls on padded batches: where eager attention and rounded batch lengths both pay
+    cpu_bf16_padded = bf16_matmuls and not has_accelerator() and not packing and not args.padding_free
+    if "attn_implementation" not in user and attention is None and cpu_bf16_padded \
+            and _model_type(model) in cpu_attention.FAMILIES:
+        made.append(Decision("attn_implementation", cpu_attention.NAME, "bf16 matmuls on a CPU: eager "
                              "attention's matmuls run on oneDNN's bf16 kernels, faster than sdpa's CPU flash "
                              "attention here; softmax kept in bf16 (one copy of the weights a layer), and sdpa for "
                              f"rows over {cpu_attention.EAGER_MAX_TOKENS} tokens, where eager's [L, L] weights cost "
                              "memory"))
-    if "pad_to_multiple_of" not in user and bf16_matmuls and not has_accelerator() and not packing \
-            and not args.padding_free:
+    if "pad_to_multiple_of" not in user and cpu_bf16_padded:
         pad = CPU_BF16_PAD if (args.max_length or 0) >= 512 else CPU_BF16_PAD_SHORT
         made.append(Decision("pad_to_multiple_of", pad, "bf16 matmuls on a CPU: oneDNN builds and caches a kernel "
                              f"per shape, so batch lengths are rounded up to {pad} (a few shapes, not hundreds; "

@@ -41,6 +41,20 @@ def _adapter(out):
     return load_file(out / "adapter_model.safetensors")
 
 
+def _fast_path_decided(data, out, *flags):
+    """The SFT config for `data` after hardware.fast_path_decisions, and the decisions recorded."""
+    from finetune_kit import hardware
+    from finetune_kit.config import parse_config
+    from finetune_kit.config_decoder import SFTRecipeConfig
+    from finetune_kit.decisions import Decisions
+
+    argv = ["--dataset_name", str(data), "--output_dir", str(out), *flags]
+    cfg = parse_config(SFTRecipeConfig, argv)
+    decisions = Decisions(cfg, argv)
+    decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
+    return cfg, decisions.record()
+
+
 @pytest.mark.parametrize("bf16", PRECISIONS)
 def test_gradient_accumulation_8x1_matches_1x8(tmp_path, tiny_model_dir, bf16):
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(16))
@@ -125,19 +139,11 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_update(tm
 def test_fast_paths_follow_the_hardware(tmp_path, monkeypatch):
     """The fast paths are decisions returned as values, for the keys the user left unset only."""
     from finetune_kit import hardware
-    from finetune_kit.config import parse_config
-    from finetune_kit.config_decoder import SFTRecipeConfig
-    from finetune_kit.decisions import Decisions
-    from finetune_kit.hardware import fast_path_decisions
 
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
 
     def decide(*flags):
-        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), *flags]
-        cfg = parse_config(SFTRecipeConfig, argv)
-        decisions = Decisions(cfg, argv)
-        decisions.add(cfg, *fast_path_decisions(cfg, decisions.user))
-        return cfg, decisions.record()
+        return _fast_path_decided(data, tmp_path / "o", *flags)
 
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: False)  # fp32 matmuls: the library's attention
     monkeypatch.setenv(hardware.BF16_ENV, "0")  # no bf16 autocast either (make test's second pass forces it on)
@@ -306,18 +312,11 @@ def test_lora_on_a_cpu_with_bf16_dot_products_loads_the_base_in_bf16(tmp_path, m
     it either way, as it does the bf16 decision. Wherever a CPU's matmuls run in bf16, padded batch lengths are
     rounded up to hardware.CPU_BF16_PAD (CPU_BF16_PAD_SHORT under max_length 512; oneDNN's per-shape kernels)."""
     from finetune_kit import hardware
-    from finetune_kit.config import parse_config
-    from finetune_kit.config_decoder import SFTRecipeConfig
-    from finetune_kit.decisions import Decisions
 
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
 
     def decided(*flags):  # the config after fast_path_decisions, and what was decided
-        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), *flags]
-        cfg = parse_config(SFTRecipeConfig, argv)
-        decisions = Decisions(cfg, argv)
-        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
-        return cfg, decisions.record()
+        return _fast_path_decided(data, tmp_path / "o", *flags)
 
     def dtype(*flags):
         cfg, made = decided(*flags)
@@ -505,9 +504,6 @@ def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_mode
     from transformers import GPT2Config
 
     from finetune_kit import cpu_attention, hardware
-    from finetune_kit.config import parse_config
-    from finetune_kit.config_decoder import SFTRecipeConfig
-    from finetune_kit.decisions import Decisions
 
     data = write_jsonl(tmp_path / "rows.jsonl", _rows(4))
     other = tmp_path / "gpt2"
@@ -515,12 +511,9 @@ def test_cpu_attention_is_decided_only_where_it_was_measured(tmp_path, tiny_mode
     monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
 
     def attention(*flags, model=tiny_model_dir):
-        argv = ["--dataset_name", str(data), "--output_dir", str(tmp_path / "o"), "--use_peft", "true",
-                "--model_name_or_path", str(model), *flags]
-        cfg = parse_config(SFTRecipeConfig, argv)
-        decisions = Decisions(cfg, argv)
-        decisions.add(cfg, *hardware.fast_path_decisions(cfg, decisions.user))
-        assert ("attn_implementation" in decisions.record()) is (cfg.model.attn_implementation == cpu_attention.NAME)
+        cfg, made = _fast_path_decided(data, tmp_path / "o", "--use_peft", "true", "--model_name_or_path",
+                                       str(model), *flags)
+        assert ("attn_implementation" in made) is (cfg.model.attn_implementation == cpu_attention.NAME)
         return cfg.model.attn_implementation
 
     for bf16_matmul, flags, expected in [
