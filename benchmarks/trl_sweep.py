@@ -1,12 +1,13 @@
 """The `trl-tuned` arm's settings: a small grid of trl's documented SFTConfig speed options, swept once on this machine.
 
     python -m benchmarks trl_sweep [--examples 32 --eval_examples 8 ...]     # -> benchmarks/results/trl_sweep.json
+    python -m benchmarks trl_sweep --only defaults,NAME,... --results DIR   # some points, paired in one run
 
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
 length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
 to check), the base loaded in bf16 (model_init_kwargs' dtype), one row per micro-batch (the effective batch
-kept) and eager attention. The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as
+kept), eager attention and batch lengths rounded to 64. The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as
 "best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no sweep was recorded).
 """
 
@@ -49,6 +50,15 @@ GRID = {
                                                          "dtype": "bfloat16", "attn_implementation": "eager"},
     "no-checkpointing+micro-batch-1+bf16-weights+eager": {"gradient_checkpointing": False, "micro_batch": 1,
                                                           "dtype": "bfloat16", "attn_implementation": "eager"},
+    # batch lengths rounded up to 64 (SFTConfig.pad_to_multiple_of), as our arm does where a CPU multiplies in bf16:
+    # oneDNN builds a kernel per shape (hardware.fast_path_decisions); a trl user can set it too
+    "no-checkpointing+micro-batch-1+bf16-weights+eager+pad64": {"gradient_checkpointing": False, "micro_batch": 1,
+                                                                "dtype": "bfloat16", "attn_implementation": "eager",
+                                                                "pad_to_multiple_of": 64},
+    "no-checkpointing+group_by_length+bf16-weights+eager+pad64": {"gradient_checkpointing": False,
+                                                                  "train_sampling_strategy": "group_by_length",
+                                                                  "dtype": "bfloat16", "attn_implementation": "eager",
+                                                                  "pad_to_multiple_of": 64},
 }
 
 
@@ -75,12 +85,21 @@ def sweep(argv: list[str]) -> dict:
     from finetune_kit.runs import package_versions
 
     defaults = ["--examples", "32", "--eval_examples", "8"]
+    invocation = "python -m benchmarks trl_sweep " + " ".join(argv)
+    only = None
+    if "--only" in argv:  # a subset of GRID, paired in one run (its "best" is the subset's)
+        i = argv.index("--only")
+        only, argv = argv[i + 1].split(","), argv[:i] + argv[i + 2:]  # "defaults" among them: the loss rule's base
+        if unknown := set(only) - set(GRID):
+            raise SystemExit(f"--only: no sweep point named {', '.join(sorted(unknown))}; the points: {', '.join(GRID)}")
     opts = options(["sft", *defaults, *argv])
     points = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = write_subsets(Path(opts.data), opts.examples, opts.eval_examples, opts.seed, Path(tmp))
         tokens = sum(training_lengths(opts.model, files[0], opts.max_length))
         for name, settings in GRID.items():
+            if only is not None and name not in only:
+                continue
             result = Path(tmp) / f"{name}.json"
             command = [sys.executable, "-m", "benchmarks.trl_sweep", *defaults, *argv, "--point", name, "--result",
                        str(result), "--out", str(Path(tmp) / "run"), "--train_file", str(files[0]), "--eval_file",
@@ -100,10 +119,10 @@ def sweep(argv: list[str]) -> dict:
                             "peak_rss_training_mb": summary["peak_memory_mb"]["rss_training"],
                             "loadavg_start": load, "loadavg_end": os.getloadavg(),
                             "wall_seconds": round(time.time() - started, 1)}
-    base = points["defaults"].get("heldout_loss")
+    base = points.get("defaults", {}).get("heldout_loss")
     ok = {n: p for n, p in points.items() if "error" not in p and base and p["heldout_loss"] <= base * 1.02}
     best = max(ok, key=lambda n: ok[n]["tokens_per_second"]) if ok else None
-    result = {"name": "trl_sweep", "command": "python -m benchmarks trl_sweep " + " ".join(argv),
+    result = {"name": "trl_sweep", "command": invocation,
               "settings": {k: v for k, v in vars(opts).items() if k in ("model", "data", "examples", "eval_examples",
                                                                        "batch", "accumulation", "max_length",
                                                                        "learning_rate", "seed")},

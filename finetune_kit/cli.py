@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from finetune_kit import recipes
+from finetune_kit import cli_commands, recipes
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.model_files import EMBEDDED, read_adapter_config, require_model_reference, require_weights
 from finetune_kit.preflight import preflight
@@ -146,9 +146,9 @@ def _main(argv: list[str] | None) -> None:
     if args.command in ("chat", "generate", "serve"):
         # Everything checkable without weights (and without torch) first: the prompts file, the output path, the
         # batch size, the port, then the generation options.
-        prompts = _read_prompts(args.input) if args.command == "generate" else None
+        prompts = cli_commands.read_prompts(args.input) if args.command == "generate" else None
         if args.command == "generate":
-            _require_output_file(args.output, "--output")
+            cli_commands.require_output_file(args.output, "--output")
             if args.batch_size < 1:
                 raise UserError(f"--batch_size must be a positive integer, got {args.batch_size}.")
         if args.command == "serve" and not (0 < args.port < 65536 and args.max_tokens_limit >= 1):
@@ -178,7 +178,7 @@ def _main(argv: list[str] | None) -> None:
 
         chat_loop(model, tokenizer, options, system=args.system)
     elif args.command == "generate":
-        _generate(model, tokenizer, prompts, options, args)
+        cli_commands.generate(model, tokenizer, prompts, options, args)
     elif args.command == "serve":
         from finetune_kit.serve import serve
 
@@ -196,7 +196,7 @@ def _main(argv: list[str] | None) -> None:
 
         print_tokens(tokenize_text(load_tokenizer(args.checkpoint), args.text, chat=args.chat))
     elif args.command == "predict":
-        _predict(args)
+        cli_commands.predict(args)
     elif args.command == "report":
         from finetune_kit.report import write_report
 
@@ -262,142 +262,6 @@ def _init(name: str, path: Path | None) -> None:
         if key in keys:
             print(f"  {key}: {keys[key]!r}  <- {what}")
     print(f"then: finetune-kit check --config {target} && finetune-kit train --config {target}")
-
-
-def _read_prompts(path: Path) -> list[str]:
-    from finetune_kit.data.readers import read_file
-
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}")
-    prompts = []
-    for where, row in read_file(path):
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise UserError(f"{where}: field 'prompt' must be a non-empty string.")
-        prompts.append(row["prompt"])
-    return prompts
-
-
-def _require_output_file(path: Path, flag: str) -> None:
-    """An output file's path must name a file in a writable folder: checked before a model loads."""
-    import os
-
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file path (nothing was written).")
-    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {folder} is not a writable folder (nothing was written).")
-
-
-def _generate(model, tokenizer, prompts: list[str], options, args) -> None:
-    from functools import partial
-
-    from tqdm.auto import tqdm
-
-    from finetune_kit.files import atomic_output
-    from finetune_kit.generation import generate_batch
-
-    answer_batch = partial(generate_batch, options=options)
-    if model.config.is_encoder_decoder:  # no chat template: the prompt is the source, with the run's task prefix
-        from finetune_kit.tasks.seq2seq import generate_texts
-
-        settings = _run_config(args.model)
-        answer_batch = partial(generate_texts, prefix=settings.get("source_prefix"),
-                               max_source_length=settings.get("max_source_length"), **options.generate_kwargs())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.output) as out:  # an existing file is replaced only by a complete new one
-        for start in tqdm(range(0, len(prompts), args.batch_size), desc="Generating", unit="batch"):
-            batch = prompts[start:start + args.batch_size]
-            for prompt, answer in zip(batch, answer_batch(model, tokenizer, batch)):
-                out.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
-
-
-def _predict(args) -> None:
-    from finetune_kit.data.readers import read_file
-    from finetune_kit.models import load_for_inference
-    from finetune_kit.predict import classify, tag
-
-    if args.image:
-        return _predict_images(args)
-    if args.question:
-        return _predict_answers(args)
-    if bool(args.text) == bool(args.input):
-        raise UserError("predict: give either --text / --image (one or more) or --input FILE.")
-    texts, pairs = args.text or [], args.text_pair
-    if args.input:
-        if not args.input.is_file():
-            raise UserError(f"input file not found: {args.input}")
-        rows = read_file(args.input)
-        for where, row in rows:
-            for column in filter(None, (args.text_column, args.text_pair_column)):
-                if not isinstance(row.get(column), str) or not row[column].strip():
-                    raise UserError(f"{where}: field '{column}' must be non-empty text.")
-        texts = [row[args.text_column] for _, row in rows]
-        pairs = [row[args.text_pair_column] for _, row in rows] if args.text_pair_column else None
-    if pairs is not None and len(pairs) != len(texts):
-        raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
-    if args.output:
-        _require_output_file(args.output, "--output")
-    model, tokenizer = load_for_inference(args.model, merge=True)
-    kind = type(model).__name__
-    if "TokenClassification" in kind:
-        results = [{"text": t, **r} for t, r in zip(texts, tag(model, tokenizer, texts))]
-    elif model.config.is_encoder_decoder and "SequenceClassification" not in kind:
-        from finetune_kit.predict import transduce
-
-        outputs = transduce(model, tokenizer, texts, _run_config(args.model))
-        results = [{"text": t, **r} for t, r in zip(texts, outputs)]
-    else:
-        results = [{"text": t, **r} for t, r in zip(texts, classify(model, tokenizer, texts, pairs))]
-    lines = [json.dumps(r) for r in results]
-    if args.output:
-        from finetune_kit.files import write_atomic
-
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.output, "\n".join(lines) + "\n")
-    else:
-        print("\n".join(lines))
-
-
-def _run_config(model: str) -> dict:
-    """The resolved config a run folder recorded (config.yaml); {} for a checkpoint that is no run."""
-    import yaml
-
-    config = Path(model) / "config.yaml"
-    try:
-        values = yaml.safe_load(config.read_text()) if config.is_file() else None
-    except (OSError, yaml.YAMLError):
-        values = None
-    return values if isinstance(values, dict) else {}
-
-
-def _run_null_threshold(model: str) -> float:
-    """The null threshold a question_answering run chose or was given (its config.yaml), else 0.0."""
-    value = _run_config(model).get("null_score_threshold")
-    return float(value) if isinstance(value, (int, float)) else 0.0
-
-
-def _predict_answers(args) -> None:
-    from finetune_kit.models import load_for_inference
-    from finetune_kit.predict import answer
-
-    if not args.context or len(args.context) not in (1, len(args.question)):
-        raise UserError("predict: give one --context for all questions, or one per --question.")
-    contexts = args.context * len(args.question) if len(args.context) == 1 else args.context
-    model, tokenizer = load_for_inference(args.model, merge=True)
-    threshold = _run_null_threshold(args.model)
-    for result in answer(model, tokenizer, args.question, contexts, null_score_threshold=threshold):
-        print(json.dumps(result))
-
-
-def _predict_images(args) -> None:
-    from finetune_kit.models import load_for_inference
-    from finetune_kit.predict import classify_images
-    from finetune_kit.tasks.images import check_images
-
-    check_images([(path, {"image": path}) for path in args.image])
-    model, processor = load_for_inference(args.model)
-    for path, result in zip(args.image, classify_images(model, processor, args.image)):
-        print(json.dumps({"image": path, **result}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -194,11 +194,18 @@ def test_trl_sweep_points_are_valid_sft_configs(tmp_path):
         # `dtype` and `attn_implementation` are the model's load arguments (arms._sft_trl passes them to
         # from_pretrained), `micro_batch` the rows per micro-batch (the effective batch kept), the rest SFTConfig fields
         assert isinstance(getattr(torch, settings.get("dtype", "float32")), torch.dtype)
-        assert settings.get("attn_implementation", "eager") in ["eager", *AttentionInterface._global_mapping]
+        assert settings.get("attn_implementation", "eager") in ["eager", *AttentionInterface().valid_keys()]
         fields = {k: v for k, v in settings.items() if k not in MODEL_LOAD_KEYS}
         args = _trl_args(SFTConfig, opts, **{"bf16": False, **fields})
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4, settings
         assert args.per_device_train_batch_size == settings.get("micro_batch", 2)
+
+
+def test_trl_sweep_only_names_its_points():
+    from benchmarks.trl_sweep import sweep
+
+    with pytest.raises(SystemExit, match="no sweep point named no-such-point"):
+        sweep(["--only", "defaults,no-such-point"])
 
 
 STAND_IN_CLI = """#!{python}

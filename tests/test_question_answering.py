@@ -99,9 +99,10 @@ def test_tiny_run_trains_and_scores_a_held_out_article(tmp_path, tiny_bert_dir, 
     # The null threshold was chosen on training paragraphs held out of training, recorded, and used by predict.
     decision = json.loads((tmp_path / "run" / "run_info.json").read_text())["decisions"]["null_score_threshold"]
     assert "held out of training" in decision["why"]
-    from finetune_kit.cli import _run_null_threshold, main
+    from finetune_kit.cli import main
+    from finetune_kit.cli_commands import run_null_threshold
 
-    assert _run_null_threshold(str(tmp_path / "run")) == decision["value"]
+    assert run_null_threshold(str(tmp_path / "run")) == decision["value"]
 
     capsys.readouterr()
     context = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy."
