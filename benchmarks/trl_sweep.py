@@ -7,8 +7,9 @@ Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning 
 benchmarks sft`, in its own process, one after the other. The grid: activation (gradient) checkpointing on / off,
 length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardware guess says no here; measured once
 to check), the base loaded in bf16 (model_init_kwargs' dtype), one row per micro-batch (the effective batch
-kept), eager attention and batch lengths rounded to 64. The fastest point whose held-out reply loss is within 2% of the defaults' is recorded as
-"best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no sweep was recorded).
+kept), eager attention and batch lengths rounded to 64. The fastest point whose held-out reply loss is within 2% of
+the defaults' is recorded as "best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no
+sweep was recorded). `--only` runs some points (include `defaults`: the loss rule's reference), as a paired check.
 """
 
 from __future__ import annotations
@@ -89,9 +90,12 @@ def sweep(argv: list[str]) -> dict:
     only = None
     if "--only" in argv:  # a subset of GRID, paired in one run (its "best" is the subset's)
         i = argv.index("--only")
-        only, argv = argv[i + 1].split(","), argv[:i] + argv[i + 2:]  # "defaults" among them: the loss rule's base
+        if i + 1 == len(argv):
+            raise SystemExit(f"--only needs comma-separated sweep points: {', '.join(GRID)}")
+        only, argv = argv[i + 1].split(","), argv[:i] + argv[i + 2:]
         if unknown := set(only) - set(GRID):
-            raise SystemExit(f"--only: no sweep point named {', '.join(sorted(unknown))}; the points: {', '.join(GRID)}")
+            raise SystemExit(f"--only: no sweep point named {', '.join(sorted(unknown))}; "
+                             f"the points: {', '.join(GRID)}")
     opts = options(["sft", *defaults, *argv])
     points = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -206,6 +206,8 @@ def test_trl_sweep_only_names_its_points():
 
     with pytest.raises(SystemExit, match="no sweep point named no-such-point"):
         sweep(["--only", "defaults,no-such-point"])
+    with pytest.raises(SystemExit, match="--only needs comma-separated sweep points"):
+        sweep(["--only"])
 
 
 STAND_IN_CLI = """#!{python}
