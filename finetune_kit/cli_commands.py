@@ -105,14 +105,9 @@ def predict(args) -> None:
 
 def run_config(model: str) -> dict:
     """The resolved config a run folder recorded (config.yaml); {} for a checkpoint that is no run."""
-    import yaml
+    from finetune_kit.files import read_yaml_mapping
 
-    config = Path(model) / "config.yaml"
-    try:
-        values = yaml.safe_load(config.read_text()) if config.is_file() else None
-    except (OSError, yaml.YAMLError):
-        values = None
-    return values if isinstance(values, dict) else {}
+    return read_yaml_mapping(Path(model) / "config.yaml") or {}
 
 
 def run_null_threshold(model: str) -> float:

@@ -39,3 +39,18 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
 def write_atomic(path: str | Path, text: str) -> None:
     with atomic_output(path) as handle:
         handle.write(text)
+
+
+def read_yaml_mapping(path: Path) -> dict | None:
+    """The mapping a YAML file holds ({} for an empty file or one that holds no mapping), or None where the file is
+    absent, unreadable or not YAML: how a run folder's config.yaml is read back (the CLI's predict / generate, the
+    board)."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return values if isinstance(values, dict) else {}

@@ -154,6 +154,24 @@ def test_runs_are_discovered_from_the_workspace_folders(workspace):
     assert {r["series"] for r in both} == {"a: loss", "b: loss"}
 
 
+def test_a_run_config_is_read_back_or_its_job_config_instead(tmp_path):
+    """The board and the CLI read a run's config.yaml through files.read_yaml_mapping: a broken or missing one falls
+    back to the job's config; a file that holds no mapping reads as {}."""
+    from finetune_kit.cli_commands import run_config
+
+    run, job = tmp_path / "run", tmp_path / "job.yaml"
+    run.mkdir()
+    job.write_text("model_name_or_path: from-the-job\n")
+    assert run_view._run_config(run, job) == {"model_name_or_path": "from-the-job"}  # no config.yaml yet
+    (run / "config.yaml").write_text("model_name_or_path: [unclosed\n")
+    assert run_view._run_config(run, job) == {"model_name_or_path": "from-the-job"} and run_config(str(run)) == {}
+    (run / "config.yaml").write_text("- a list, not a mapping\n")
+    assert run_view._run_config(run, job) == {} and run_config(str(run)) == {}
+    (run / "config.yaml").write_text("model_name_or_path: from-the-run\n")
+    assert run_view._run_config(run, None) == run_config(str(run)) == {"model_name_or_path": "from-the-run"}
+    assert run_view._run_config(tmp_path / "none", None) == {}
+
+
 def test_progress_and_eta_from_the_worker_lines(tmp_path):
     progress = tmp_path / "progress.jsonl"
     events = [{"event": "begin", "time": 100.0, "step": 0, "max_steps": 10}]

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from finetune_kit.files import read_yaml_mapping
 from finetune_kit.report import _series
 from finetune_kit.runs import RUN_INFO, newest_complete_checkpoint
 from finetune_kit.ui.jobs import BOARD_DIR, JobQueue
@@ -48,12 +47,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _run_config(run: Path, job_config: Path | None) -> dict:
-    for path in (run / "config.yaml", job_config):
-        if path is not None and path.is_file():
-            try:
-                return yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                continue
+    """The run's recorded config, else the config its job was launched with (a run not yet written), else {}."""
+    for path in filter(None, (run / "config.yaml", job_config)):
+        if (values := read_yaml_mapping(path)) is not None:
+            return values
     return {}
 
 
