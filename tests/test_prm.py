@@ -179,6 +179,22 @@ def test_a_prm_run_is_a_reward_with_one_score_in_0_1_per_answer(prm_run, tiny_mo
         == pytest.approx(scores[:2].tolist())
 
 
+@pytest.mark.parametrize("config, named", [("step_separator: [\n", "is missing or not YAML"),
+                                            ("max_length: 64\n", "lacks step_separator, solution_score")])
+def test_a_prm_run_with_a_damaged_config_is_refused_by_file_and_key(prm_run, tmp_path, config, named):
+    import shutil
+
+    from finetune_kit.errors import UserError
+    from finetune_kit.rl.prm import ProcessRewardScorer
+
+    run = shutil.copytree(prm_run[0], tmp_path / "run")
+    (run / "config.yaml").write_text(config)
+    with pytest.raises(UserError) as refused:
+        ProcessRewardScorer(str(run))
+    assert f"{run / 'config.yaml'} {named}" in str(refused.value) and "retrain" in str(refused.value)
+    assert (run / "config.yaml").read_text() == config  # read, never rewritten
+
+
 def test_4bit_adapters_train_and_the_run_loads_back_as_a_reward(tmp_path, tokenizer):
     """QLoRA: the new head stays a plain Linear (bitsandbytes cannot run a new head it wrapped), and the saved run
     loads back without re-quantizing around it. bitsandbytes' CPU kernels need layers of 64+ inputs: hidden 128."""

@@ -72,14 +72,20 @@ class ProcessRewardScorer:
     """Scores (prompt, answer) pairs with a prm run: the answer's solution score, one number in [0, 1] each."""
 
     def __init__(self, path: str, device: torch.device | str = "cpu", batch_size: int = 16):
-        import yaml
-
+        from finetune_kit.files import read_yaml_mapping
         from finetune_kit.models import load_for_inference
 
         folder = run_folder(path)
         if folder is None:
             raise UserError(f"reward_model {path}: not a run of the prm recipe (its run_info.json names another).")
-        settings = yaml.safe_load((folder / "config.yaml").read_text())
+        # How the prm run split and scored steps: its saved config says, and scoring any other way would be wrong.
+        settings = read_yaml_mapping(folder / "config.yaml")
+        needed = ("step_separator", "max_length", "solution_score")
+        missing = [key for key in needed if key not in (settings or {})]
+        if missing:
+            state = "is missing or not YAML" if settings is None else f"lacks {', '.join(missing)}"
+            raise UserError(f"reward_model {path}: {folder / 'config.yaml'} {state}; the prm run saves "
+                            f"{', '.join(needed)} there: restore the file or retrain the prm run.")
         self.separator, self.max_length = settings["step_separator"], settings["max_length"]
         self.how = settings["solution_score"]
         model, self.tokenizer = load_for_inference(path)
