@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from finetune_kit.yaml_config import yaml_problem
+
 DATASET_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
@@ -70,7 +72,7 @@ class DataArguments:
             try:
                 self.datasets = yaml.safe_load(self.datasets)
             except yaml.YAMLError as err:
-                raise ValueError(f"datasets is not a YAML list: {err}") from None
+                raise ValueError(f"datasets is not a YAML list: {yaml_problem(err)}") from None
         if self.datasets is not None:
             from finetune_kit.data.mixing import check_sources
 
@@ -81,7 +83,7 @@ class DataArguments:
             try:
                 parsed = yaml.safe_load(self.column_mapping)
             except yaml.YAMLError as err:
-                raise ValueError(f"column_mapping is not a mapping: {err}") from None
+                raise ValueError(f"column_mapping is not a mapping: {yaml_problem(err)}") from None
             if not isinstance(parsed, dict):
                 raise ValueError(f"column_mapping must be a mapping such as {{instruction: question}}, got {parsed!r}")
             self.column_mapping = {str(k): str(v) for k, v in parsed.items()}

@@ -51,6 +51,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML parser error on one line ("line L, column C: problem"): PyYAML's own message spans several lines, with
+    the offending text and a caret."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (problem or " ".join(str(err).split()))
+
+
 def read_yaml_config(value: str | Path) -> dict[str, Any]:
     """Read a YAML config (a path or a shipped name) as a flat mapping, with errors that name the file."""
     path = config_path(value)
@@ -59,7 +67,7 @@ def read_yaml_config(value: str | Path) -> dict[str, Any]:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

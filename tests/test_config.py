@@ -115,6 +115,13 @@ def test_nested_mapping_and_non_mapping_files_rejected(tmp_path):
         parse_config(SFTRecipeConfig, ["--config", write(tmp_path, "- a\n- b\n")])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_config(SFTRecipeConfig, ["--config", str(tmp_path / "missing.yaml")])
+    # Broken YAML: one line naming the file, line and column (PyYAML's own message spans four, with a caret).
+    with pytest.raises(ConfigError) as broken:
+        parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE + "lora_r: [8\n")])
+    assert "not valid YAML: line " in str(broken.value) and "\n" not in str(broken.value)
+    with pytest.raises(ConfigError, match=r"column_mapping is not a mapping: line 1, column \d+: ") as broken:
+        parse_config(SFTRecipeConfig, ["--config", write(tmp_path, BASE), "--column_mapping", "{a: [b"])
+    assert "\n" not in str(broken.value)
 
 
 def test_mapping_keys_accept_yaml_mappings(tmp_path):
