@@ -110,6 +110,24 @@ def lora_values_in_range(cfg) -> str | None:
     return None
 
 
+# What transformers 5 takes as attn_implementation (its AttentionInterface, plus "eager"; a test keeps the two in
+# step) and ours (finetune_kit.cpu_attention.NAME); "paged|" before any of them, or a Hub kernel named org/name.
+ATTENTION_NAMES = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention",
+                   "eager_bf16_softmax")
+
+
+def attention_known(cfg) -> str | None:
+    """An attn_implementation transformers does not know failed only when the weights loaded, after `check` passed."""
+    name = getattr(getattr(cfg, "model", None), "attn_implementation", None)
+    if name is None:
+        return None
+    base = name.removeprefix("paged|")
+    if base in ATTENTION_NAMES or "/" in base:
+        return None
+    return (f"attn_implementation {name!r} is not an attention transformers knows: use one of "
+            f"{', '.join(ATTENTION_NAMES)}, or a Hub kernel named org/name.")
+
+
 LENGTH_KEYS = ("max_length", "max_prompt_length", "max_completion_length", "max_new_tokens", "max_source_length",
                "max_target_length")
 
@@ -361,4 +379,5 @@ COMMON_CHECKS = (
     trains_something,
     lora_values_in_range,
     lengths_positive,
+    attention_known,
 )

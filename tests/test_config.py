@@ -193,6 +193,19 @@ def test_check_lora_rank_positive(tmp_path):
         cfg_with(tmp_path, "lora_r: 0\n")
 
 
+def test_check_attention_known(tmp_path):
+    from transformers import AttentionInterface
+
+    from finetune_kit import cpu_attention
+
+    with pytest.raises(ConfigError, match="attn_implementation 'nosuch' is not an attention transformers knows"):
+        cfg_with(tmp_path, "attn_implementation: nosuch\n")
+    for name in ("sdpa", "paged|eager", "kernels-community/flash-attn3", cpu_attention.NAME):
+        assert cfg_with(tmp_path, f"attn_implementation: {name}\n").model.attn_implementation == name
+    # The list follows transformers': every name it registers is accepted.
+    assert {k.removeprefix("paged|") for k in AttentionInterface().valid_keys()} <= set(rc.ATTENTION_NAMES)
+
+
 def test_check_output_dir_is_set(tmp_path):
     with pytest.raises(ConfigError, match="output_dir is required"):
         cfg_with(tmp_path, base="dataset_name: d.jsonl\n")
