@@ -36,6 +36,42 @@ def test_answer_span_outside_its_context_is_named(tmp_path):
         qa.read_squad(squad_file(tmp_path, answer_start=3))
 
 
+def test_one_question_per_row_reads_as_the_nested_file_does(tmp_path):
+    nested = qa.read_squad(squad_file(tmp_path))
+    row = {"id": "q1", "title": "T", "context": "Paris is the capital of France.",
+           "question": "What is the capital of France?", "answers": {"text": ["Paris"], "answer_start": [0]}}
+    (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "flat.json").write_text(json.dumps([row]))
+    assert qa.read_squad(str(tmp_path / "flat.jsonl")) == nested == qa.read_squad(str(tmp_path / "flat.json"))
+
+
+PARAGRAPH = {"context": "abc", "qas": [{"id": "1", "question": "q", "answers": [{"text": "b", "answer_start": 1}]}]}
+ROW = {"id": "1", "context": "abc", "question": "q", "answers": {"text": ["b"], "answer_start": [1]}}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("s.json", {"data": [1]}, r"s\.json data\[0\]: an article must be an object with a 'paragraphs' list"),
+    ("s.json", {"data": [{"paragraphs": [{"context": "abc", "qas": [{"question": "q"}]}]}]},
+     r"data\[0\]\.paragraphs\[0\] question 0: missing field 'id'"),
+    ("s.json", {"data": [{"paragraphs": [{**PARAGRAPH, "qas": [{"id": "1", "question": "q", "answers": ["b"]}]}]}]},
+     r"question '1': 'answers' must be a list of \{text, answer_start\} objects"),
+    ("s.json", {"data": [{"paragraphs": [PARAGRAPH, PARAGRAPH]}]}, "question id '1' is used twice"),
+    ("s.json", {"data": {"x": 1}}, r"expected SQuAD JSON \(\{'data': \[articles\]\}\) or one question per row"),
+    ("s.json", [ROW, "text"], "s.json row 2: expected an object with context, question, answers; got str"),
+    ("s.jsonl", [{**ROW, "answers": {"text": ["b"]}}], "s.jsonl line 1: field 'answers' must be"),
+    ("s.jsonl", [{**ROW, "answers": {"text": ["b"], "answer_start": [-2]}}],
+     "line 1: answer 'b' is not inside its context at answer_start=-2"),
+    ("s.jsonl", [{**ROW, "context": ""}], "line 1: field 'context' is missing or empty"),
+    ("s.jsonl", [ROW, {**ROW, "question": None}], "s.jsonl line 2: field 'question' is missing or empty"),
+])
+def test_bad_squad_files_are_named_by_place(tmp_path, name, content, message):
+    path = tmp_path / name
+    rows = content if name.endswith(".jsonl") else [content]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=message):
+        qa.read_squad(str(path))
+
+
 def test_windows_label_the_answer_or_cls(tmp_path, tiny_bert_dir):
     from transformers import AutoTokenizer
 

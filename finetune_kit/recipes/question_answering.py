@@ -1,4 +1,5 @@
-"""Extractive question answering on SQuAD-format JSON (v1, and v2 with unanswerable questions).
+"""Extractive question answering on SQuAD-format data (v1, and v2 with unanswerable questions): SQuAD's own JSON, or
+one question per row (.jsonl: context, question, answers {text, answer_start}, as the Hub's squad datasets hold it).
 
     finetune-kit train question_answering --config question_answering_minilm_squad
     finetune-kit train question_answering --config ...

@@ -17,36 +17,89 @@ from finetune_kit.errors import DataError
 
 
 def read_squad(path: str) -> list[dict]:
-    """One row per question: id, title, context, question, answers {text: [...], answer_start: [...]}."""
+    """One row per question: id, title, context, question, answers {text: [...], answer_start: [...]}.
+
+    Reads SQuAD's own JSON ({"data": [articles with paragraphs and qas]}) or one question per row (.jsonl, or a JSON
+    list: the rows of the Hub's squad / squad_v2 datasets, `answers` {text, answer_start} lists, empty when the question
+    has no answer). Every question is checked, and a bad one named by its place in the file."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"dataset file not found: {path}")
     try:
-        articles = json.loads(file.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not SQuAD JSON (expected {{'data': [articles]}}): {err}") from None
-    rows = []
-    for a, article in enumerate(articles):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            context = paragraph.get("context")
-            for question in paragraph.get("qas", []):
-                where = f"{file.name} data[{a}].paragraphs[{p}] question {question.get('id')!r}"
-                if not isinstance(context, str) or not context.strip():
-                    raise DataError(f"{where}: the paragraph has no context text.")
-                if not str(question.get("question", "")).strip():
-                    raise DataError(f"{where}: field 'question' is empty.")
-                answers = [] if question.get("is_impossible") else question.get("answers", [])
-                for answer in answers:
-                    start, text = answer.get("answer_start"), answer.get("text", "")
-                    if not isinstance(start, int) or context[start:start + len(text)] != text or not text:
-                        raise DataError(f"{where}: answer {text!r} is not inside its context at answer_start={start}.")
-                rows.append({"id": str(question["id"]), "title": article.get("title", f"article {a}"),
-                             "context": context, "question": question["question"].strip(),
-                             "answers": {"text": [x["text"] for x in answers],
-                                         "answer_start": [x["answer_start"] for x in answers]}})
+        text = file.read_text(encoding="utf-8")
+        if file.suffix == ".jsonl":
+            data = [(f"{file.name} line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1)
+                    if line.strip()]
+        else:
+            data = json.loads(text)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}).") from None
+    if isinstance(data, list):
+        rows = [_flat(where, row) for where, row in (data if file.suffix == ".jsonl" else
+                                                     ((f"{file.name} row {n}", r) for n, r in enumerate(data, 1)))]
+    elif isinstance(data, dict) and isinstance(data.get("data"), list):
+        rows = _nested(file.name, data["data"])
+    else:
+        raise DataError(f"{path}: expected SQuAD JSON ({{'data': [articles]}}) or one question per row (.jsonl with "
+                        "context, question, answers).")
     if not rows:
         raise DataError(f"{path}: no questions found.")
+    seen = set()
+    for row in rows:
+        if row["id"] in seen:  # predictions are matched to questions by id
+            raise DataError(f"{path}: question id {row['id']!r} is used twice; ids must be unique.")
+        seen.add(row["id"])
     return rows
+
+
+def _nested(name: str, articles: list) -> list[dict]:
+    rows = []
+    for a, article in enumerate(articles):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list) or not all(isinstance(x, dict) for x in paragraphs):
+            raise DataError(f"{name} data[{a}]: an article must be an object with a 'paragraphs' list of objects.")
+        for p, paragraph in enumerate(paragraphs):
+            questions = paragraph.get("qas", [])
+            if not isinstance(questions, list) or not all(isinstance(x, dict) for x in questions):
+                raise DataError(f"{name} data[{a}].paragraphs[{p}]: 'qas' must be a list of question objects.")
+            for k, question in enumerate(questions):
+                where = f"{name} data[{a}].paragraphs[{p}] question {question.get('id', k)!r}"
+                answers = [] if question.get("is_impossible") else question.get("answers", [])
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
+                    raise DataError(f"{where}: 'answers' must be a list of {{text, answer_start}} objects.")
+                if "id" not in question:
+                    raise DataError(f"{where}: missing field 'id' (a unique name for the question).")
+                rows.append(_question(where, question["id"], article.get("title", f"article {a}"),
+                                      paragraph.get("context"), question.get("question"),
+                                      [x.get("text") for x in answers], [x.get("answer_start") for x in answers]))
+    return rows
+
+
+def _flat(where: str, row) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with context, question, answers; got {type(row).__name__}.")
+    answers = row.get("answers", {"text": [], "answer_start": []})
+    texts, starts = (answers.get("text"), answers.get("answer_start")) if isinstance(answers, dict) else (None, None)
+    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+        raise DataError(f"{where}: field 'answers' must be {{text: [...], answer_start: [...]}}, lists of one length "
+                        "(both empty when the question has no answer).")
+    return _question(where, row.get("id", where.rsplit(" ", 1)[-1]), row.get("title", ""), row.get("context"),
+                     row.get("question"), texts, starts)
+
+
+def _question(where, qid, title, context, question, texts: list, starts: list) -> dict:
+    if not isinstance(context, str) or not context.strip():
+        raise DataError(f"{where}: field 'context' is missing or empty.")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: field 'question' is missing or empty.")
+    for text, start in zip(texts, starts):
+        if not isinstance(text, str) or not text or not isinstance(start, int) or isinstance(start, bool) or start < 0 \
+                or context[start:start + len(text)] != text:
+            raise DataError(f"{where}: answer {text!r} is not inside its context at answer_start={start}.")
+    return {"id": str(qid), "title": str(title), "context": context, "question": question.strip(),
+            "answers": {"text": list(texts), "answer_start": list(starts)}}
 
 
 def squad_splits(cfg) -> tuple[list[dict], list[dict] | None]:
