@@ -175,6 +175,15 @@ def test_metric_modules_against_hand_computed_values():
     ([{"text": "ok", "label": "pos"}, {"label": "neg"}], {}, r"line 2: missing field 'text'"),
     ([{"text": "ok", "label": "pos"}, {"text": "  ", "label": "neg"}], {}, r"line 2: field 'text' must be non-empty"),
     ([{"text": "ok", "label": "pos"}, {"text": "fine"}], {}, r"line 2: missing field 'label'"),
+    # A list among single labels was a class named "['pos', 'neg']"; a mapping, a class named by its repr.
+    ([{"text": "ok", "label": "pos"}, {"text": "ok", "label": ["pos", "neg"]}, {"text": "no", "label": "neg"}], {},
+     r"line 2: field 'label' is a list, but other rows hold one label"),
+    ([{"text": "ok", "label": {"pos": 1}}, {"text": "no", "label": "neg"}], {},
+     r"line 1: field 'label' is not a label \(text or a number\)"),
+    ([{"text": "ok", "label": ["pos"]}, {"text": "no", "label": ["neg", ["x"]]}], {},
+     r"line 2: field 'label' is not a label \(text or a number\)"),
+    ([{"text": "ok", "label": "pos"}, {"text": "no", "label": "neg"}], {"problem_type": "multi_label"},
+     r"line 1: field 'label' must be a list of labels"),
 ])
 def test_bad_rows_are_named(tmp_path, tiny_bert_dir, rows, extra, message):
     with pytest.raises(DataError, match=r"run\.jsonl " + message):

@@ -77,6 +77,13 @@ def encode_labels(examples: list[dict], wheres: list[str], problem: str, names: 
                 raise DataError(f"{where}: field '{column}' must be a number for regression, got {value!r}.") from None
             continue
         values = value if problem == MULTI else [value]
+        if problem == MULTI and not isinstance(value, list):
+            raise DataError(f"{where}: field '{column}' must be a list of labels (multi-label: every row holds a "
+                            f"list), got {value!r}.")
+        if not all(isinstance(v, (str, int, float)) for v in values):  # bool is an int
+            kind = ("a list, but other rows hold one label: give every row a list (multi-label) or none"
+                    if problem == SINGLE and isinstance(value, list) else f"not a label (text or a number): {value!r}")
+            raise DataError(f"{where}: field '{column}' is {kind}.")
         unknown = [str(v) for v in values if str(v) not in index]
         if unknown:
             raise DataError(f"{where}: field '{column}': label {unknown[0]!r} is not in the label set {names}.")
