@@ -73,6 +73,11 @@ def check(argv: list[str] | None) -> int:
     if hasattr(cfg, "training") and hasattr(cfg, "run"):
         check_output_dir(cfg.training.output_dir, cfg.run.overwrite_output_dir, cfg.training.resume_from_checkpoint)
     print(f"config ({name}): ok")
+    if hasattr(cfg, "rewards"):  # the functions train would call, loaded now (the preflight found their files)
+        from finetune_kit.rl.reward_functions import load_reward_function
+
+        for spec in cfg.rewards.reward_functions or []:
+            load_reward_function(spec)
     decisions = Decisions(cfg, argv)  # the same decisions train would print
     if row.rows is None and row.length_check:  # every row was read by the preflight; now measured in tokens
         tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,

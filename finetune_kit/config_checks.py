@@ -176,6 +176,17 @@ def has_reward_source(cfg) -> str | None:
     return None
 
 
+def reward_weights_match_sources(cfg) -> str | None:
+    """trl weighs its reward functions one weight each (a reward model is one of them here): another count failed
+    inside the trainer, after the model had loaded."""
+    weights = getattr(cfg.training, "reward_weights", None)
+    sources = len(cfg.rewards.reward_functions or []) + bool(cfg.rewards.reward_model)
+    if weights is not None and len(weights) != sources:
+        return (f"reward_weights has {len(weights)} values for {sources} reward source(s) (reward_functions, then "
+                "reward_model): give one weight each, or leave it unset for 1 each.")
+    return None
+
+
 def ppo_needs_adapter(cfg) -> str | None:
     # The reference is the base with adapters disabled: one model copy instead of two.
     if not cfg.model.use_peft:

@@ -87,6 +87,12 @@ class DataArguments:
             if not isinstance(parsed, dict):
                 raise ValueError(f"column_mapping must be a mapping such as {{instruction: question}}, got {parsed!r}")
             self.column_mapping = {str(k): str(v) for k, v in parsed.items()}
+        if self.column_mapping is not None and not isinstance(self.column_mapping, dict):
+            raise ValueError("column_mapping must be a mapping such as {instruction: question}, got "
+                             f"{self.column_mapping!r}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:  # a negative N kept the first none
+            raise ValueError(f"max_train_samples must be a whole number >= 1 (or unset for every row), got "
+                             f"{self.max_train_samples}.")
 
 
 @dataclass

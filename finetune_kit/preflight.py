@@ -173,6 +173,7 @@ def _files(row: recipes.Recipe, cfg) -> None:
         require_tokenizer_files,
         require_weights,
     )
+    from finetune_kit.rl.reward_functions import require_reward_sources
     from finetune_kit.runs import check_output_dir
 
     training, run = getattr(cfg, "training", None), getattr(cfg, "run", None)
@@ -198,6 +199,9 @@ def _files(row: recipes.Recipe, cfg) -> None:
     if tokenizer and tokenizer not in EMBEDDED:
         require_model_reference(tokenizer)
         require_tokenizer_files(tokenizer, str(Path(tokenizer).expanduser()))
+    rewards = getattr(cfg, "rewards", None)  # the online-RL recipes
+    if rewards is not None:
+        require_reward_sources(rewards.reward_model, rewards.reward_functions)
     if data.skip_invalid_rows:
         return  # the recipe counts and reports what it skips
     conversations = False
@@ -211,3 +215,4 @@ def _files(row: recipes.Recipe, cfg) -> None:
     if row.rows == "sft" and conversations and not getattr(training, "chat_template_path", None) and \
             folder is not None and folder.is_dir() and not has_chat_template(folder):
         raise UserError(NO_CHAT_TEMPLATE)  # what tokenize_sft_dataset says once the tokenizer has loaded
+

@@ -56,7 +56,7 @@ def test_bad_row_is_an_error(tmp_path, tiny_model_dir, capsys):
     ("dpo", [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in "abcdef"], {}),
     ("reward", [{"prompt": f"Say {w}", "chosen": f"Sure! {w}", "rejected": f"No. {w}"} for w in "abcdef"], {}),
     ("kto", [{"prompt": f"Say {w}", "completion": f"{w}", "label": i % 2 == 0} for i, w in enumerate("abcdef")], {}),
-    ("ppo", [{"prompt": f"Say {w}"} for w in "abcdef"], {"reward_functions": ["m:f"], "max_steps": 2}),
+    ("ppo", [{"prompt": f"Say {w}"} for w in "abcdef"], {"reward_functions": ["math:fsum"], "max_steps": 2}),  # check loads it
     ("pretrain", [{"text": f"{w} is a letter."} for w in "abcdef"], {}),
 ])
 def test_stage_recipes_are_checked_with_a_memory_estimate(tmp_path, tiny_model_dir, capsys, recipe, rows, extra):

@@ -9,7 +9,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from finetune_kit.data.chat import end_of_turn_is_trained, tokenize_conversation
-from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
+from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise, require_mapped_columns
 from finetune_kit.data.preference import (
     encode_prompt,
     normalise_pair,
@@ -48,6 +48,7 @@ def load_rows(source: str, data_args, split: str = "train", normaliser: Normalis
     """Every row of `source` validated and normalised: by `normaliser`, or to one SFT format (detected from the
     first row if 'auto')."""
     rows = read_rows(source, split=split, config=data_args.dataset_config)
+    require_mapped_columns(rows, data_args.column_mapping, source)
     rows = [(where, apply_column_mapping(row, data_args.column_mapping)) for where, row in rows]
     if normaliser is None:
         fmt = data_args.dataset_format

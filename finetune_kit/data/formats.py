@@ -35,6 +35,14 @@ def apply_column_mapping(row: dict[str, Any], mapping: dict[str, str] | None) ->
     return row
 
 
+def require_mapped_columns(rows: list[tuple[str, dict]], mapping: dict[str, str] | None, source: str) -> None:
+    """A column_mapping entry whose column no row of `source` has is a typo (apply_column_mapping skips it)."""
+    for canonical, user_column in (mapping or {}).items():
+        if rows and not any(user_column in row or canonical in row for _, row in rows):
+            raise DataError(f"{source}: column_mapping maps {canonical} to column '{user_column}', which no row has "
+                            f"(columns of row 1: {', '.join(sorted(rows[0][1]))}).")
+
+
 def detect_format(row: dict[str, Any], where: str) -> str:
     """The format of a row, judged by its columns."""
     for name, columns in FORMAT_COLUMNS.items():

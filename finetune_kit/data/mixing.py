@@ -54,6 +54,10 @@ def check_sources(data) -> None:
                                       or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"datasets[{i}].{key} must be a number > 0, got {value!r}; leave a source out "
                                  "rather than give it 0.")
+        mapping = item.get("column_mapping")
+        if mapping is not None and not isinstance(mapping, (dict, str)):
+            raise ValueError(f"datasets[{i}].column_mapping must be a mapping such as {{instruction: question}}, got "
+                             f"{mapping!r}.")
         samples = item.get("max_samples")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
             raise ValueError(f"datasets[{i}].max_samples must be a whole number >= 1, got {samples!r}.")

@@ -120,7 +120,8 @@ _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_be
                  "report_to")  # accepted as `none` only (config_decoder.ppo_reports_nowhere)
 _COMMON = cc.COMMON_CHECKS
 _GUARD_CHECKS = (cc.guard_ranges, cc.best_policy_needs_held_out)
-_PPO_CHECKS = (*_COMMON, cc.has_reward_source, cc.ppo_needs_adapter, cc.ppo_batches_divide, cc.ppo_ranges,
+_PPO_CHECKS = (*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, cc.ppo_needs_adapter,
+               cc.ppo_batches_divide, cc.ppo_ranges,
                *_GUARD_CHECKS, cc.ppo_needs_max_steps, cc.ppo_reports_nowhere)
 _CLASSIFIER_CHECKS = (*_COMMON, cc.classifier_splits_in_range, cc.weights_or_balanced_sampling,
                       cc.freeze_layers_not_negative, cc.one_test_source)
@@ -156,14 +157,15 @@ RECIPES: list[Recipe] = [
            checks=_PPO_CHECKS),
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
            f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
-           checks=(*_COMMON, cc.has_reward_source, *_GUARD_CHECKS)),
+           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, *_GUARD_CHECKS)),
     Recipe("rloo", "REINFORCE leave-one-out against reward models / functions (trl RLOOTrainer)",
            f"{_DEC}:RLOORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
-           checks=(*_COMMON, cc.has_reward_source, *_GUARD_CHECKS)),
+           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, *_GUARD_CHECKS)),
     Recipe("online_dpo", "online DPO: two sampled answers per prompt, a reward model / function picks the chosen one "
            "(trl OnlineDPOTrainer)", f"{_DEC}:OnlineDPORecipeConfig", "decoder", rows="prompt",
            sequences_per_example=2, unread=(*_SHAPED, "max_prompt_length", "reward_model_path", "model_init_kwargs"),
-           checks=(*_COMMON, cc.has_reward_source, cc.betas_positive, *_GUARD_CHECKS)),
+           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, cc.betas_positive,
+                   *_GUARD_CHECKS)),
     Recipe("distill", "knowledge distillation: a student learns a teacher's next-token distributions on SFT data "
            "(trl GKDTrainer)", "finetune_kit.config_distill:DistillRecipeConfig", "decoder", rows="sft",
            unread=_DISTILL_UNREAD, checks=(*_COMMON, cc.distill_has_teacher, cc.student_config_trains_whole)),

@@ -10,41 +10,13 @@ exceptions are reported with the source's name.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from finetune_kit.errors import UserError
 from finetune_kit.rl.prm import ProcessRewardScorer, run_folder
-
-
-def load_reward_function(spec: str) -> Callable:
-    """`module:function` or `file.py:function` -> the function."""
-    module_name, _, name = spec.rpartition(":")
-    if not module_name or not name:
-        raise UserError(f"reward function '{spec}': write it as module:function or path/to/file.py:function.")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise UserError(f"reward function '{spec}': file not found: {path}")
-            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except UserError:
-        raise
-    except Exception as err:  # a user module can fail to import in any way
-        raise UserError(f"reward function '{spec}': importing {module_name} failed ({type(err).__name__}: {err}).") \
-            from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise UserError(f"reward function '{spec}': {module_name} has no function '{name}'.")
-    return function
+from finetune_kit.rl.reward_functions import load_reward_function, require_reward_sources
 
 
 class RewardModelScorer:
@@ -92,6 +64,7 @@ class RewardSources:
     """The sum of a reward model and / or reward functions, each checked for count and finiteness."""
 
     def __init__(self, reward_model: str | None, functions: list[str] | None, device="cpu"):
+        require_reward_sources(reward_model, functions)  # before anything loads, each error naming its key
         self.sources: list[Callable] = [load_reward_function(spec) for spec in functions or []]
         self.names = list(functions or [])
         if reward_model:  # a prm run scores the answer's steps (rl/prm.py); any other, the whole answer

@@ -98,14 +98,17 @@ def labelled_examples(cfg):
     (wheres by split, examples by split, problem type, label names). Labels of the validation / test files must be
     among the training labels; an error names the file and row. The text_classification recipe and the preflight
     (recipe table `data_check`) both call it."""
-    from finetune_kit.data.formats import apply_column_mapping
+    from finetune_kit.data.formats import apply_column_mapping, require_mapped_columns
     from finetune_kit.data.readers import read_rows
 
     task = cfg.task
     sources = {"train": cfg.data.dataset_name, "validation": cfg.data.eval_dataset_name,
                "test": task.test_dataset_name}
-    rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in read_rows(source)]
-            for name, source in sources.items() if source}
+    read = {name: read_rows(source) for name, source in sources.items() if source}
+    for name, part in read.items():
+        require_mapped_columns(part, cfg.data.column_mapping, sources[name])
+    rows = {name: [(w, apply_column_mapping(r, cfg.data.column_mapping)) for w, r in part]
+            for name, part in read.items()}
     examples = {name: read_examples(part, task) for name, part in rows.items()}
     problem = detect_problem_type([e["label"] for e in examples["train"]], task.problem_type)
     names = label_names(examples["train"], problem, task.labels, cfg.data.dataset_name)

@@ -45,7 +45,7 @@ def pair_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
     """Every row of the training, validation and test files as (where, {source, target}), before any model loads.
     The seq2seq recipe and the preflight (recipe table `data_check`) both call it. With skip_invalid_rows, rows
     with a missing or empty field are dropped and counted instead."""
-    from finetune_kit.data.formats import apply_column_mapping
+    from finetune_kit.data.formats import apply_column_mapping, require_mapped_columns
     from finetune_kit.data.readers import read_rows
 
     sources = {"train": cfg.data.dataset_name, "validation": cfg.data.eval_dataset_name,
@@ -56,7 +56,9 @@ def pair_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
             continue
         kept, problems = [], []
         hub_split = cfg.data.dataset_train_split if split == "train" else split  # local files ignore it
-        for where, row in read_rows(source, hub_split, cfg.data.dataset_config):
+        rows = read_rows(source, hub_split, cfg.data.dataset_config)
+        require_mapped_columns(rows, cfg.data.column_mapping, source)
+        for where, row in rows:
             try:
                 kept.append((where, pair_of(apply_column_mapping(row, cfg.data.column_mapping), cfg.task, where)))
             except DataError as err:
