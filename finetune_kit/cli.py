@@ -148,7 +148,7 @@ def _main(argv: list[str] | None) -> None:
         # batch size, the port, then the generation options.
         prompts = cli_commands.read_prompts(args.input) if args.command == "generate" else None
         if args.command == "generate":
-            cli_commands.require_output_file(args.output, "--output")
+            cli_commands.require_output_file(args.output, "--output", args.input)
             if args.batch_size < 1:
                 raise UserError(f"--batch_size must be a positive integer, got {args.batch_size}.")
         if args.command == "serve" and not (0 < args.port < 65536 and args.max_tokens_limit >= 1):

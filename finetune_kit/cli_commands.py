@@ -22,10 +22,14 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def require_output_file(path: Path, flag: str) -> None:
-    """An output file's path must name a file in a writable folder: checked before a model loads."""
+def require_output_file(path: Path, flag: str, source: Path | None = None) -> None:
+    """An output file's path must name a file in a writable folder, and not the input file (`source`), which
+    writing it would replace: checked before a model loads."""
     import os
 
+    if source is not None and path.exists() and source.exists() and path.resolve() == source.resolve():
+        raise UserError(f"{flag} {path} is the input file; writing the results there would replace it. Give another "
+                        "path (nothing was written).")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file path (nothing was written).")
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
@@ -81,7 +85,7 @@ def predict(args) -> None:
     if pairs is not None and len(pairs) != len(texts):
         raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
     if args.output:
-        require_output_file(args.output, "--output")
+        require_output_file(args.output, "--output", args.input)
     model, tokenizer = load_for_inference(args.model, merge=True)
     kind = type(model).__name__
     if "TokenClassification" in kind:

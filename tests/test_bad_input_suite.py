@@ -402,6 +402,14 @@ CASES = {
     "generate into a folder": (
         lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
                            "--output", str(e["out"])]), r"--output .*out is a folder; give a file path", False),
+    "generate onto its own input file": (
+        lambda e: ("cli", ["generate", "--model", e["llama"], "--input", write(e, "out/p.jsonl", '{"prompt": "hi"}\n'),
+                           "--output", str(e["out"] / "p.jsonl")]),
+        r"--output .*p\.jsonl is the input file; writing the results there would replace it", False),
+    "predict onto its own input file": (
+        lambda e: ("cli", ["predict", "--model", e["bert"], "--input", write(e, "out/t.jsonl", '{"text": "hi"}\n'),
+                           "--output", str(e["out"] / "t.jsonl")]),
+        r"--output .*t\.jsonl is the input file", False),
     "generate batch size 0": (
         lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
                            "--output", str(e["tmp"] / "a.jsonl"), "--batch_size", "0"]),
