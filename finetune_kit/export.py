@@ -26,6 +26,11 @@ def export_model(source: str, out_dir: str, dtype: str = "float32", overwrite: b
     src = Path(source).expanduser()
     if src.exists() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
         raise UserError(f"--out {out} is the source run (or inside it); export to another folder.")
+    if src.exists() and out.resolve() in src.resolve().parents:  # --overwrite would replace the folder holding it
+        raise UserError(f"--out {out} holds the source {source}; export to another folder (nothing was changed).")
+    if (out / "run_info.json").is_file():  # not even with --overwrite: an export never replaces a training run
+        raise UserError(f"--out {out} holds a finished training run (run_info.json); export to another folder "
+                        "(nothing was changed).")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder (nothing was changed).")
     if out.exists() and any(out.iterdir()) and not overwrite:

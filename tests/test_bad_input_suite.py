@@ -421,6 +421,13 @@ CASES = {
         r"sft-run is a LoRA adapter run .*finetune-kit export", False),
     "export onto its source": (lambda e: ("cli", ["export", str(e["out"]), "--out", str(e["out"]), "--overwrite"]),
                                r"--out .*out is the source run", False),
+    "export over the folder that holds its source": (
+        lambda e: ("cli", ["export", llama_copy(e, "out/model", lambda folder: None), "--out", str(e["out"]),
+                           "--overwrite"]), r"--out .*out holds the source .*model; export to another folder", False),
+    "export over a finished training run": (
+        lambda e: (e["out"].joinpath("run_info.json").write_text("{}"),
+                   ("cli", ["export", e["llama"], "--out", str(e["out"]), "--overwrite"]))[1],
+        r"--out .*out holds a finished training run \(run_info\.json\)", False),
 }
 
 
