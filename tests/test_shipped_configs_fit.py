@@ -74,6 +74,8 @@ def test_a_shipped_config_fits_its_data_or_says_why_not(name, generated, tmp_pat
             argv += [f"--{key}", local]
     if str(raw.get("model_name_or_path", "")).startswith("runs/"):  # a later stage of `make rlhf`: the same
         argv += ["--model_name_or_path", "smollm2-135m-instruct"]  # tokenizer, from the base it started from
+    if str(raw.get("reward_model", "")).startswith("runs/"):  # the reward stage's run: check finds it, loads nothing
+        argv += ["--reward_model", "smollm2-135m-instruct"]
     code = check(argv)
     out = capsys.readouterr().out
     truncated = [line for line in out.splitlines() if TRUNCATION.search(line)]
