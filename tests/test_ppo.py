@@ -332,3 +332,18 @@ def test_shipped_example_reward_functions_load_by_path():
     assert brevity(["q"] * 2, ["word " * 50, "word"]) == pytest.approx([1.0, 0.02])
     with pytest.raises(UserError, match="write it as module:function"):
         load_reward_function("examples/reward_functions.py")
+
+
+def test_a_reward_function_is_found_before_anything_runs_or_named(tmp_path, monkeypatch):
+    from finetune_kit.rl.reward_functions import locate_reward_function, require_reward_sources
+
+    assert locate_reward_function("math:fsum") == ("math", "fsum")  # found, nothing imported yet
+    with pytest.raises(UserError, match="no module named nosuch.mod on the Python path"):
+        locate_reward_function("nosuch.mod:f")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"importing broken\.rewards failed \(RuntimeError: boom\)"):
+        locate_reward_function("broken.rewards:f")
+    with pytest.raises(UserError, match="reward_model: model path not found: .*no-rm"):
+        require_reward_sources(str(tmp_path / "no-rm"), ["math:fsum"])

@@ -22,9 +22,12 @@ def locate_reward_function(spec: str) -> tuple[str, str]:
             raise UserError(f"reward function '{spec}': file not found: {module_name}")
         return module_name, name
     try:
-        found = importlib.util.find_spec(module_name)
+        found = importlib.util.find_spec(module_name)  # imports the parent packages of a dotted name
     except (ImportError, ValueError):  # a parent package that is missing, or a malformed name
         found = None
+    except Exception as err:  # noqa: BLE001 - a parent package's own code can fail in any way
+        raise UserError(f"reward function '{spec}': importing {module_name} failed ({type(err).__name__}: {err}).") \
+            from None
     if found is None:
         raise UserError(f"reward function '{spec}': no module named {module_name} on the Python path (or give "
                         "path/to/file.py:function).")
