@@ -12,6 +12,7 @@ from pathlib import Path
 
 from finetune_kit import recipes
 from finetune_kit.errors import UserError
+from finetune_kit.model_files import require_gguf_header
 from finetune_kit.models import EMBEDDED, embedded_path
 
 VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "mobilevit", "clip_vision_model", "siglip_vision_model",
@@ -73,7 +74,12 @@ def _size(paths) -> int:
 def describe_gguf(path: Path) -> dict:
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    require_gguf_header(path)
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001 - a cut-short or damaged file fails in the binary parser in any way
+        raise UserError(f"{path}: gguf cannot read this file ({type(err).__name__}: {err}); it may be damaged or cut "
+                        "short.") from None
 
     def field(name):
         f = reader.fields.get(name)

@@ -86,12 +86,30 @@ def require_full_checkpoint(name: str, resolved: str) -> None:
                         "model_name_or_path to that folder.")
 
 
+# The GGUF versions gguf-py reads (its READER_SUPPORTED_VERSIONS), which transformers' GGUF loading goes through.
+GGUF_VERSIONS = (2, 3)
+
+
+def require_gguf_header(path: Path) -> None:
+    """A .gguf file starts with b"GGUF" and a version gguf-py reads: a renamed or foreign file is named here, not by a
+    struct.error deep in the parser."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[:4] != b"GGUF":
+        raise UserError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes).")
+    version = struct.unpack("<I", head[4:8])[0] if len(head) == 8 else None
+    if version not in GGUF_VERSIONS:
+        raise UserError(f"{path}: GGUF version {version}, which gguf-py cannot read (it reads versions "
+                        f"{' and '.join(map(str, GGUF_VERSIONS))}); the file may be damaged.")
+
+
 def require_model_reference(name_or_path: str) -> None:
     """A model reference that is not an embedded name: a .gguf file, a checkpoint folder, or a reachable hub id."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"model file not found: {name_or_path}")
+        require_gguf_header(path)
         return
     if path.exists():
         markers = ("config.json", "adapter_config.json", "tokenizer_config.json")

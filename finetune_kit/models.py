@@ -25,6 +25,7 @@ from finetune_kit.model_files import (  # noqa: F401 - some re-exported
     TOKENIZER_FILES,
     read_adapter_config,
     require_full_checkpoint,
+    require_gguf_header,
     require_model_reference,
     require_tokenizer_files,
     require_weights,
@@ -82,6 +83,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
+    require_gguf_header(gguf_path)
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{cache_key(gguf_path)}"
     if (target / "config.json").is_file():
         return target
@@ -90,8 +92,9 @@ def convert_gguf(gguf_path: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"{gguf_path}: transformers cannot load this GGUF file ({err}).") from None
+    except Exception as err:  # noqa: BLE001 - a cut-short or damaged file fails in the binary parser in any way
+        raise UserError(f"{gguf_path}: transformers cannot load this GGUF file ({type(err).__name__}: {err}); it may be "
+                        "damaged or cut short.") from None
     config = gguf_model.config
     del config.quantization_config  # what makes Trainer treat the model as quantized
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -38,6 +38,8 @@ def _series(history: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
         if "train_runtime" in row:
             continue
         step = row.get("step", position)
+        if not isinstance(step, (int, float)) or isinstance(step, bool):  # a hand-edited log: plot by position
+            step = position
         for key, value in row.items():
             if key in SKIP or key.endswith(SKIP_SUFFIX) or isinstance(value, bool):
                 continue
@@ -182,8 +184,13 @@ def write_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run} holds no log_history.json: not a finetune_kit run folder (or the run has not "
                         "finished).")
     history = _read_json(run / "log_history.json", [])
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise UserError(f"{run / 'log_history.json'} is not a list of logged steps (objects); the report cannot be "
+                        "made from it.")
     info = _read_json(run / "run_info.json", {})
-    metrics = info.get("metrics", {})
+    if not isinstance(info, dict):
+        raise UserError(f"{run / 'run_info.json'} is not a JSON object; the report cannot be made from it.")
+    metrics = info.get("metrics") if isinstance(info.get("metrics"), dict) else {}  # hand-edited files too
     per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else None
     plots = make_plots(history, per_class, run / PLOTS)
     final = [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]

@@ -419,6 +419,17 @@ CASES = {
     "text classification from a LoRA run folder": (
         lambda e: text_cls(e, model_name_or_path=lora_run_folder(e)),
         r"sft-run is a LoRA adapter run .*finetune-kit export", False),
+    "report: a log history that is not a list of steps": (
+        lambda e: ("cli", ["report", write(e, "r/log_history.json", '{"loss": 1}').rsplit("/", 1)[0]]),
+        r"r/log_history\.json is not a list of logged steps", False),
+    "report: run_info.json that is not an object": (
+        lambda e: (write(e, "r/run_info.json", "[]"),
+                   ("cli", ["report", write(e, "r/log_history.json", "[]").rsplit("/", 1)[0]]))[1],
+        r"r/run_info\.json is not a JSON object", False),
+    "chat with a file that is not GGUF": (lambda e: ("cli", ["chat", "--model", write(e, "m.gguf", "hello")]),
+                                          r"m\.gguf: not a GGUF file", False),
+    "inspect a cut-short GGUF": (lambda e: ("cli", ["inspect", write(e, "short.gguf", "GGUF\x03\x00\x00\x00")]),
+                                 r"short\.gguf: gguf cannot read this file .*damaged or cut short", False),
     "export onto its source": (lambda e: ("cli", ["export", str(e["out"]), "--out", str(e["out"]), "--overwrite"]),
                                r"--out .*out is the source run", False),
     "export over the folder that holds its source": (

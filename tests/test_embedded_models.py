@@ -39,7 +39,11 @@ def test_not_a_gguf_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_KIT_CACHE", str(tmp_path / "cache"))
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a gguf file at all")
-    with pytest.raises(UserError, match="fake.gguf: transformers cannot load this GGUF file"):
+    with pytest.raises(UserError, match=r"fake\.gguf: not a GGUF file \(it does not start with the GGUF magic"):
+        resolve_checkpoint(str(fake))
+    # The right header, then nothing: the parser's own error (a struct.error) comes back as one named line.
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(UserError, match=r"fake\.gguf: transformers cannot load this GGUF file .*cut short"):
         resolve_checkpoint(str(fake))
     assert not any((tmp_path / "cache" / "gguf").glob("fake*"))
 
