@@ -71,6 +71,10 @@ def resolve_checkpoint(name_or_path: str, whole: bool = False) -> str:
 
 
 def _hub_error(name: str, err: Exception) -> UserError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    if Path(name).expanduser().exists():  # a local folder whose files are damaged: no hub was asked
+        return UserError(f"could not load the local {name} ({type(err).__name__}: {first}); a file of it is damaged "
+                         "(config.json?): restore it or copy the checkpoint again.")
     return UserError(
         f"could not load '{name}': it is not a local path, so it was looked up on the Hugging Face Hub, which failed "
         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the id, your network, or "
@@ -254,8 +258,13 @@ def _task_of(folder: Path) -> str | None:
     config = folder / "config.json"
     if not config.is_file():
         return None
-    values = json.loads(config.read_text())
-    archs = " ".join(values.get("architectures") or [])
+    try:
+        values = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{config}: not valid JSON ({err}); restore it or copy the checkpoint again.") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{config}: not a JSON object; restore it or copy the checkpoint again.")
+    archs = " ".join(a for a in values.get("architectures") or [] if isinstance(a, str))
     for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
                          ("ForQuestionAnswering", "QUESTION_ANS"), ("ForImageClassification", "IMAGE_CLS")):
         if suffix in archs:
@@ -331,10 +340,12 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
 
         if is_timm_folder(resolved):
             import_timm()  # before transformers imports it for the TimmWrapper classes
-    # A classifier run saves its config (labels, head size) beside the adapter; the base must load with it.
-    config = {"config": transformers.AutoConfig.from_pretrained(resolved)} \
-        if adapter and (resolved / "config.json").is_file() else {}
+    if adapter is not None:
+        require_known_adapter(path, adapter)
     try:
+        # A classifier run saves its config (labels, head size) beside the adapter; the base must load with it.
+        config = {"config": transformers.AutoConfig.from_pretrained(resolved)} \
+            if adapter and (resolved / "config.json").is_file() else {}
         if adapter is None:
             model = auto_class.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
         else:
@@ -361,6 +372,19 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
             ) from None
         raise
     return model.eval(), load_processor(resolved, trust_remote_code)
+
+
+def require_known_adapter(path: str, adapter: dict) -> None:
+    """An adapter_config.json naming a peft_type this peft does not have failed with a bare KeyError inside peft."""
+    from importlib.metadata import version
+
+    from peft import PeftType
+
+    known = sorted(t.value for t in PeftType)
+    if adapter.get("peft_type") not in known:
+        raise UserError(f"{path}/adapter_config.json: peft_type {adapter.get('peft_type')!r} is not one peft "
+                        f"{version('peft')} knows ({', '.join(known[:6])}, ...); the adapter was saved by another "
+                        "tool or the file was edited.")
 
 
 def _adapter_base(auto_class, base_path: Path, adapter: dict, config: dict, trust_remote_code: bool):

@@ -138,7 +138,7 @@ def drop_tokenizer(folder) -> None:
             path.unlink()
 
 
-def lora_run_folder(e) -> str:
+def lora_run_folder(e, peft_type: str = "LORA") -> str:
     """What an SFT run leaves: the tokenizer and an adapter (config and weights), no full weights."""
     import shutil
 
@@ -148,7 +148,7 @@ def lora_run_folder(e) -> str:
         if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(path, folder / path.name)
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": e["llama"],
-                                                            "peft_type": "LORA"}))
+                                                            "peft_type": peft_type}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
     return str(folder)
 
@@ -430,6 +430,16 @@ CASES = {
                                           r"m\.gguf: not a GGUF file", False),
     "inspect a cut-short GGUF": (lambda e: ("cli", ["inspect", write(e, "short.gguf", "GGUF\x03\x00\x00\x00")]),
                                  r"short\.gguf: gguf cannot read this file .*damaged or cut short", False),
+    "generate from a checkpoint whose config.json is damaged": (
+        lambda e: ("cli", ["generate", "--model", llama_copy(e, "badcfg", lambda f: (f / "config.json").write_text("{")),
+                           "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]), "--output", str(e["tmp"] / "a.jsonl")]),
+        r"badcfg/config\.json: not valid JSON", False),
+    "train from a checkpoint whose config.json is damaged": (
+        lambda e: sft(e, model_name_or_path=llama_copy(e, "badcfg2", lambda f: (f / "config.json").write_text("{"))),
+        r"could not load the local .*badcfg2 \(OSError: .*config\.json", False),
+    "chat with an adapter of a peft_type peft does not know": (
+        lambda e: ("cli", ["chat", "--model", lora_run_folder(e, peft_type="NOSUCH")]),
+        r"sft-run/adapter_config\.json: peft_type 'NOSUCH' is not one peft", False),
     "export onto its source": (lambda e: ("cli", ["export", str(e["out"]), "--out", str(e["out"]), "--overwrite"]),
                                r"--out .*out is the source run", False),
     "export over the folder that holds its source": (
