@@ -42,9 +42,9 @@ def weights_problem(folder: Path) -> str | None:
                 return f"{path.name} is cut short ({size} bytes: not even its header)"
             try:
                 header = json.loads(handle.read(length))
-            except (ValueError, UnicodeDecodeError):
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError):
                 return f"{path.name} has a damaged header"
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
         if 8 + length + end > size:
             return f"{path.name} is cut short ({size} bytes of {8 + length + end})"
     return None

@@ -62,17 +62,30 @@ def checkpoint_problem(folder: Path) -> str | None:
     folders written by other tools: transformers writes trainer_state.json last, after weights, optimizer, scheduler
     and RNG states, so a missing or cut-short trainer_state.json marks a save that did not finish.
     """
+    import zipfile
+
+    from finetune_kit.model_files import weights_problem
+
     state = folder / "trainer_state.json"
     if not state.is_file():
         return "no trainer_state.json (the save did not finish)"
     try:
-        json.loads(state.read_text())
+        values = json.loads(state.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "trainer_state.json is cut short (the save did not finish)"
+    if not isinstance(values, dict) or not isinstance(values.get("global_step"), int):
+        return "trainer_state.json holds no global_step (not a trainer's state)"
     weights = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                "adapter_model.bin", "pytorch_model.bin.index.json")
     if not any((folder / name).is_file() for name in weights):
         return "no model or adapter weights"
+    if problem := weights_problem(folder):
+        return problem
+    # What the Trainer loads on resume, saved by torch.save: a zip archive, whose end record a cut or damaged file
+    # lacks (read without torch, so the preflight can say it).
+    for path in [*(folder / n for n in ("optimizer.pt", "scheduler.pt", "scaler.pt")), *folder.glob("rng_state*.pth")]:
+        if path.is_file() and not zipfile.is_zipfile(path):
+            return f"{path.name} is damaged or cut short"
     return None
 
 

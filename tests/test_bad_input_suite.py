@@ -288,6 +288,12 @@ CASES = {
                                                          resume_from_checkpoint=str(e["out"] / "checkpoint-3")),
                                            r"checkpoint-3 cannot be resumed from: trainer_state\.json is cut short",
                                            False),
+    "resume from a checkpoint whose optimizer.pt is damaged": (
+        lambda e: (write(e, "out/checkpoint-5/trainer_state.json", '{"global_step": 5}'),
+                   write(e, "out/checkpoint-5/model.safetensors.index.json", "{}"),
+                   write(e, "out/checkpoint-5/optimizer.pt", "junk"),
+                   sft(e, output_dir=str(e["out"]), resume_from_checkpoint=str(e["out"] / "checkpoint-5")))[-1],
+        r"checkpoint-5 cannot be resumed from: optimizer\.pt is damaged or cut short", False),
     "missing model path": (lambda e: sft(e, model_name_or_path=str(e["tmp"] / "no-model")),
                            r"model path not found: .*no-model", False),
     "model folder without config.json": (lambda e: ((e["tmp"] / "empty-model").mkdir(),

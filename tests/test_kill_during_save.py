@@ -175,3 +175,42 @@ def test_a_kill_at_any_write_of_a_save_leaves_a_resumable_run(tmp_path, tiny_mod
         assert json.loads((out / "run_info.json").read_text())["recipe"] == "sft"
         assert not (out / STAGING).exists()
         assert checkpoint_problem(out / f"checkpoint-{SAVE_STEP}") is None
+
+
+# A checkpoint damaged after it was saved (a disk error, a copy cut short, a hand edit): each file the Trainer
+# loads on resume, made unreadable. Each was a traceback from deep inside torch / safetensors / transformers.
+DAMAGE = {
+    "optimizer.pt": lambda f: (f / "optimizer.pt").write_bytes(b"junk"),
+    "scheduler.pt": lambda f: (f / "scheduler.pt").write_bytes(b"junk"),
+    "rng_state.pth": lambda f: (f / "rng_state.pth").write_bytes(b"junk"),
+    "adapter_model.safetensors": lambda f: (f / "adapter_model.safetensors").write_bytes(b"junk"),
+    "global_step": lambda f: (f / "trainer_state.json").write_text('{"steps": 3}'),
+}
+
+
+def test_a_damaged_checkpoint_is_named_and_latest_resumes_from_the_one_before(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    from finetune_kit.errors import UserError
+    from finetune_kit.runs import checkpoint_problem
+
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(8))
+    cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "use_peft": True, "max_steps": 3,
+           "save_strategy": "steps", "save_steps": 1, "report_to": "none", "per_device_train_batch_size": 2,
+           "bf16": False, "logging_steps": 1, "output_dir": str(tmp_path / "run")}
+    run_recipe("sft", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+    (tmp_path / "run" / "run_info.json").unlink()  # as if the run had stopped after its third save
+    assert checkpoint_problem(tmp_path / "run" / "checkpoint-3") is None
+    for name, damage in DAMAGE.items():
+        run = shutil.copytree(tmp_path / "run", tmp_path / f"run-{name}")
+        damage(run / "checkpoint-3")
+        assert name in checkpoint_problem(run / "checkpoint-3")
+        resume = {**cfg, "output_dir": str(run), "max_steps": 4}
+        with pytest.raises(UserError, match=rf"checkpoint-3 cannot be resumed from: .*{name}"):
+            run_recipe("sft", ["--config", write_config(tmp_path / "r.yaml", {
+                **resume, "resume_from_checkpoint": str(run / "checkpoint-3")})])
+    # latest skips the damaged newest one and resumes, exactly, from checkpoint-2
+    run_recipe("sft", ["--config", write_config(tmp_path / "r.yaml", {**resume, "resume_from_checkpoint": "latest"})])
+    assert f"Resuming from {run / 'checkpoint-2'}" in capsys.readouterr().err
+    history = json.loads((run / "log_history.json").read_text())
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]
