@@ -43,6 +43,9 @@ def test_one_question_per_row_reads_as_the_nested_file_does(tmp_path):
     (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n")
     (tmp_path / "flat.json").write_text(json.dumps([row]))
     assert qa.read_squad(str(tmp_path / "flat.jsonl")) == nested == qa.read_squad(str(tmp_path / "flat.json"))
+    (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n{oops\n")
+    with pytest.raises(DataError, match=r"flat\.jsonl line 2: not valid JSON"):
+        qa.read_squad(str(tmp_path / "flat.jsonl"))
 
 
 PARAGRAPH = {"context": "abc", "qas": [{"id": "1", "question": "q", "answers": [{"text": "b", "answer_start": 1}]}]}
