@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -137,8 +138,9 @@ def test_runs_are_discovered_from_the_workspace_folders(workspace):
     _finished_run(workspace / "runs" / "done", 0.5)
     stopped = workspace / "runs" / "stopped" / "checkpoint-3"
     stopped.mkdir(parents=True)
-    (stopped / "trainer_state.json").write_text(json.dumps({"log_history": [{"loss": 2.0, "step": 1}]}))
-    (stopped / "adapter_model.safetensors").write_text("x")
+    (stopped / "trainer_state.json").write_text(json.dumps({"global_step": 1, "log_history": [{"loss": 2.0,
+                                                                                              "step": 1}]}))
+    (stopped / "adapter_model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")  # a whole (empty) safetensors
     (workspace / "runs" / "empty").mkdir()
     rows = {r[0]: r for r in run_view.runs_table(workspace, None)}
     assert set(rows) == {"runs/done", "runs/stopped"}
