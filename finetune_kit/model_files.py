@@ -67,6 +67,43 @@ def read_adapter_config(folder: Path) -> dict | None:
     return config
 
 
+def require_known_adapter(path: str, adapter: dict) -> None:
+    """An adapter_config.json naming a peft_type this peft does not have failed with a bare KeyError inside peft.
+    Imports peft: called where the adapter is about to load, not by the preflight."""
+    from importlib.metadata import version
+
+    from peft import PeftType
+
+    known = sorted(t.value for t in PeftType)
+    if adapter.get("peft_type") not in known:
+        raise UserError(f"{path}/adapter_config.json: peft_type {adapter.get('peft_type')!r} is not one peft "
+                        f"{version('peft')} knows ({', '.join(known[:6])}, ...); the adapter was saved by another "
+                        "tool or the file was edited.")
+
+
+def checkpoint_task(folder: Path, adapter: dict | None = None) -> str | None:
+    """The peft-style task name of a checkpoint folder: its adapter's task_type, else read from its config's
+    architecture names."""
+    if adapter and adapter.get("task_type"):
+        return adapter["task_type"]
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{config}: not valid JSON ({err}); restore it or copy the checkpoint again.") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{config}: not a JSON object; restore it or copy the checkpoint again.")
+    archs = " ".join(a for a in values.get("architectures") or [] if isinstance(a, str))
+    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+                         ("ForQuestionAnswering", "QUESTION_ANS"), ("ForImageClassification", "IMAGE_CLS")):
+        if suffix in archs:
+            return task
+    # T5 / BART / Marian: their generation class names vary (ForConditionalGeneration, MarianMTModel)
+    return "SEQ_2_SEQ_LM" if values.get("is_encoder_decoder") else None
+
+
 def require_weights(name: str, resolved: str) -> None:
     """A full checkpoint folder's weights, checked before loading (adapter run folders have their own checks, in
     read_adapter_config and the adapter load)."""

@@ -23,9 +23,10 @@ from finetune_kit.errors import UserError
 from finetune_kit.model_files import (  # noqa: F401 - some re-exported
     EMBEDDED,
     TOKENIZER_FILES,
+    checkpoint_task,
     read_adapter_config,
     require_full_checkpoint,
-    require_gguf_header,
+    require_known_adapter,
     require_model_reference,
     require_tokenizer_files,
     require_weights,
@@ -87,7 +88,6 @@ def convert_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    require_gguf_header(gguf_path)
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{cache_key(gguf_path)}"
     if (target / "config.json").is_file():
         return target
@@ -253,26 +253,6 @@ _TASK_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSe
                  "IMAGE_CLS": "AutoModelForImageClassification", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM"}
 
 
-def _task_of(folder: Path) -> str | None:
-    """The peft-style task name of a full checkpoint, from its config's architecture names."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        values = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{config}: not valid JSON ({err}); restore it or copy the checkpoint again.") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{config}: not a JSON object; restore it or copy the checkpoint again.")
-    archs = " ".join(a for a in values.get("architectures") or [] if isinstance(a, str))
-    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
-                         ("ForQuestionAnswering", "QUESTION_ANS"), ("ForImageClassification", "IMAGE_CLS")):
-        if suffix in archs:
-            return task
-    # T5 / BART / Marian: their generation class names vary (ForConditionalGeneration, MarianMTModel)
-    return "SEQ_2_SEQ_LM" if values.get("is_encoder_decoder") else None
-
-
 def with_task_adapters(model, model_args, task_type: str | None, head: str | None):
     """LoRA for an encoder / vision task (use_peft): adapters on the body, the task's new `head` trained whole
     (peft's modules_to_save) and kept out of `all-linear`, which would otherwise wrap it too and make peft refuse
@@ -295,7 +275,7 @@ def require_generative(path: str) -> None:
     if not resolved.is_dir():
         return  # a hub id or .gguf: the model load answers for itself
     adapter = read_adapter_config(resolved)
-    task = (adapter or {}).get("task_type") or _task_of(resolved)
+    task = checkpoint_task(resolved, adapter)
     config = resolved / "config.json"
     if task in (None, "CAUSAL_LM") and adapter is None and config.is_file():
         import transformers
@@ -318,7 +298,7 @@ def is_seq2seq(path: str) -> bool:
     if not resolved.is_dir():
         return False
     adapter = read_adapter_config(resolved)
-    return ((adapter or {}).get("task_type") or _task_of(resolved)) == "SEQ_2_SEQ_LM"
+    return checkpoint_task(resolved, adapter) == "SEQ_2_SEQ_LM"
 
 
 def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool = False):
@@ -333,7 +313,7 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
     resolved = Path(resolve_checkpoint(path))
     require_weights(path, str(resolved))
     adapter = read_adapter_config(resolved) if resolved.is_dir() else None
-    task = (adapter or {}).get("task_type") or _task_of(resolved)
+    task = checkpoint_task(resolved, adapter)
     auto_class = getattr(transformers, _TASK_CLASSES.get(task, "AutoModelForCausalLM"))
     if task == "IMAGE_CLS":
         from finetune_kit.tasks.timm_models import import_timm, is_timm_folder
@@ -372,19 +352,6 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
             ) from None
         raise
     return model.eval(), load_processor(resolved, trust_remote_code)
-
-
-def require_known_adapter(path: str, adapter: dict) -> None:
-    """An adapter_config.json naming a peft_type this peft does not have failed with a bare KeyError inside peft."""
-    from importlib.metadata import version
-
-    from peft import PeftType
-
-    known = sorted(t.value for t in PeftType)
-    if adapter.get("peft_type") not in known:
-        raise UserError(f"{path}/adapter_config.json: peft_type {adapter.get('peft_type')!r} is not one peft "
-                        f"{version('peft')} knows ({', '.join(known[:6])}, ...); the adapter was saved by another "
-                        "tool or the file was edited.")
 
 
 def _adapter_base(auto_class, base_path: Path, adapter: dict, config: dict, trust_remote_code: bool):
