@@ -25,15 +25,17 @@ def read_squad(path: str) -> list[dict]:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"dataset file not found: {path}")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text.") from None
-    if file.suffix == ".jsonl":
-        data = [(f"{file.name} line {n}", _json(line, f"{path} line {n}")) for n, line in
-                enumerate(text.splitlines(), 1) if line.strip()]
+    if file.suffix == ".jsonl":  # read as every jsonl file is (data.readers): errors name the line
+        from finetune_kit.data.readers import read_file
+
+        data = read_file(file)
     else:
-        data = _json(text, str(path))
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text.") from None
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from None
     if isinstance(data, list):
         rows = [_flat(where, row) for where, row in (data if file.suffix == ".jsonl" else
                                                      ((f"{file.name} row {n}", r) for n, r in enumerate(data, 1)))]
@@ -50,13 +52,6 @@ def read_squad(path: str) -> list[dict]:
             raise DataError(f"{path}: question id {row['id']!r} is used twice; ids must be unique.")
         seen.add(row["id"])
     return rows
-
-
-def _json(text: str, where: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from None
 
 
 def _nested(name: str, articles: list) -> list[dict]:
