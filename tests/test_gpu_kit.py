@@ -95,16 +95,33 @@ def test_what_we_carry_needs_nothing_the_device_lacks():
     package list and its known versions; a requirement the image lacks is named."""
     from importlib import metadata
 
-    from benchmarks.gpu.prepare import WHEELS, unmet
+    from benchmarks.gpu.prepare import WHEELS, companions, unmet
 
     carried = {name: metadata.requires(name) or [] for name in WHEELS if name != "liger-kernel"}  # not installed here
     carried["finetune-kit"] = metadata.requires("finetune-kit")
+    carried.update({name: metadata.requires(name) or [] for name in companions(carried)})  # as prepare downloads them
     unverified = []
     assert unmet(carried, unverified) == []
     assert "datasets needs pyarrow>=24.0.0" in unverified  # the image's pyarrow version is not recorded
     assert unmet({"x": ["huggingface-hub>=2"]}) == ["x needs huggingface-hub>=2: the image has 1.33.0"]
     assert unmet({"x": ["httpx2>=2", "tomli; python_version < '3.11'"]}) == [
         "x needs httpx2>=2: not on the image, not carried"]
+
+
+def test_what_a_carried_wheel_needs_beyond_the_image_travels_with_it_and_what_it_needs_in_turn():
+    """transformers 5.25 needs huggingface-hub>=2.4 (the image has 1.33), whose httpx2 the image lacks: both travel,
+    filed under the package that asked; a need that is on the image, or not installed here, does not."""
+    from importlib import metadata
+
+    from benchmarks.gpu.prepare import companions, unmet
+
+    hub = metadata.version("huggingface-hub")
+    found = companions({"x": [f"huggingface-hub=={hub}", "numpy>=1", "no-such-package-xyz>=1"]})
+    assert set(found.values()) == {"x"} and "numpy" not in found and "no-such-package-xyz" not in found
+    if int(hub.split(".")[0]) >= 2:  # this venv's hub is the one that travels; 2.x brings httpx2
+        assert {"huggingface-hub", "httpx2"} <= set(found)
+    assert unmet({"x": ["no-such-package-xyz>=1"], **{n: [] for n in found}}) == [
+        "x needs no-such-package-xyz>=1: not on the image, not carried"]
 
 
 def test_a_step_past_its_time_box_is_recorded_and_the_run_goes_on(tmp_path):

@@ -41,6 +41,48 @@ def raises(prompts, answers):
 '''
 
 
+def heldout_dpo_loss(model_dir, adapter_dir, judge_file, beta=0.1, samples=8) -> float:
+    """The trained policy's DPO loss against its reference (adapter off), on pairs the reference samples for prompts
+    of verbs the training never saw, each pair ordered by the judge: log 2 before training, below it where the
+    learnt preference generalises. fp32, seeded: the same pairs for any policy."""
+    import importlib.util
+
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("judge_for_heldout", judge_file)
+    judge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                                       adapter_dir).eval()
+    torch.manual_seed(0)
+    losses = []
+    for prompt in (f"{verb} {w}" for verb in ("Name", "Draw", "Find", "Show") for w in WORDS):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        start = ids.shape[1]
+        with torch.no_grad():
+            with policy.disable_adapter():
+                out = policy.generate(ids.repeat(samples, 1), do_sample=True, max_new_tokens=4, min_new_tokens=4,
+                                      pad_token_id=tokenizer.pad_token_id or 0)
+            ratio = _answer_logp(policy, out, start)
+            with policy.disable_adapter():
+                ratio -= _answer_logp(policy, out, start)
+        scores = judge.side(None, tokenizer.batch_decode(out[:, start:], skip_special_tokens=True))
+        for i in range(0, samples, 2):
+            chosen, rejected = (i, i + 1) if scores[i] >= scores[i + 1] else (i + 1, i)
+            losses.append(float(-F.logsigmoid(beta * (ratio[chosen] - ratio[rejected]))))
+    return sum(losses) / len(losses)
+
+
+def _answer_logp(model, ids, start):
+    logits = model(ids).logits[:, start - 1:-1]
+    return logits.log_softmax(-1).gather(-1, ids[:, start:, None]).squeeze(-1).sum(-1)
+
+
 @pytest.fixture
 def setup(tmp_path, tiny_model_dir):
     prompts = [[{"role": "user", "content": f"{verb} {w}"}] for verb in ("Say", "Repeat", "Write", "Spell") for w in WORDS]
@@ -65,9 +107,10 @@ def test_the_judges_held_out_reward_rises_and_the_sampled_pairs_dpo_loss_falls(s
     assert after > before + 0.05, (before, after)
     steps = [e for e in json.loads((tmp_path / "out" / "log_history.json").read_text()) if "loss" in e]
     assert len(steps) == 8 and steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy = reference at 1
-    later = steps[len(steps) // 2:]  # fresh pairs each step: below log 2 only where the preference generalises
-    assert sum(e["loss"] for e in later) / len(later) < math.log(2) - 0.02
-    assert sum(e["rewards/margins"] for e in later) / len(later) > 0
+    # trl's per-step loss is on 8 fresh pairs: too few to show the fall (seeds 1-5 and 42, bf16 on an AMX CPU and
+    # fp32: later-half means 0.59-0.76). 128 pairs on prompts of unseen verbs, all below log 2 in those 12 runs
+    # (0.61-0.68), show it.
+    assert heldout_dpo_loss(base["model_name_or_path"], tmp_path / "out", tmp_path / "judge.py") < math.log(2) - 0.01
     decisions = json.loads((tmp_path / "out" / "run_info.json").read_text())["decisions"]
     assert ("lm_head_fp32" in decisions) == decisions["bf16"]["value"]
 

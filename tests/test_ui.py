@@ -464,3 +464,19 @@ def test_a_ppo_run_shows_progress_and_stops_resumably_from_the_board(tmp_path, t
     steps = [(e["event"], e["step"]) for e in run_view.progress_events(tmp_path / "resumed.jsonl")
              if e["event"] != "log"]
     assert steps == [("begin", 2), ("step", 3), ("step", 4)] and (out / "run_info.json").is_file()
+
+
+def test_a_commands_result_line_is_its_own_not_a_library_warning_after_it(tmp_path):
+    """The board's Export shows one line: the CLI's "exported to ..." even when a library warns on stderr after it
+    (bitsandbytes with `kernels` installed, offline), and the CLI's error line when it fails."""
+    from finetune_kit.ui.runs_tab import command_result
+
+    warned = subprocess.run([sys.executable, "-c", "import sys; print('exported to ws/exports/a');"
+                             "print(\"Skipping publisher trust check for 'k/q'\", file=sys.stderr)"],
+                            capture_output=True, text=True)
+    assert command_result(warned) == "exported to ws/exports/a"
+    failed = subprocess.run([sys.executable, "-m", "finetune_kit.cli", "export", str(tmp_path / "nothing"), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True)
+    shown = command_result(failed)
+    assert failed.returncode == 2 and shown.startswith("**error:** ") and "nothing" in shown
+    assert not (tmp_path / "out").exists()

@@ -35,8 +35,9 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
              "manylinux2014_x86_64", "manylinux1_x86_64"]
 
 # name -> (folder, why it travels). Versions: this venv's, except liger-kernel (not installable here: no CUDA).
-# Not carried: huggingface-hub (the image's 1.33 satisfies transformers / datasets / trl; this venv's 2.4 would
-# bring httpx2 along), tokenizers (the image's 0.23.2 satisfies transformers' >=0.23.1), accelerate (1.15 there too).
+# Not named here: huggingface-hub, tokenizers, accelerate: the image's 1.33 / 0.23.2 / 1.15 satisfy transformers 5.24,
+# datasets and trl. What a carried wheel needs beyond the image (transformers 5.25: huggingface-hub>=2.4 with httpx2,
+# and kernels) is found by `companions` and travels beside it.
 WHEELS = {
     "transformers": (TF, "the image has 5.17; our floor is 5.20"),
     "trl": (CORE, "not on the image"),
@@ -87,15 +88,14 @@ def norm(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def unmet(requirements: dict[str, list[str]], unverified: list[str] | None = None) -> list[str]:
-    """What the carried packages require (`requirements`: name -> its Requires-Dist lines) that the device would
-    lack: a package neither on the image nor carried, or an image version outside the specifier. Requirements with a
-    version bound on an image package whose version is unrecorded go to `unverified` (the device run records those
-    versions, and pip check's verdict)."""
+def gaps(requirements: dict[str, list[str]]):
+    """(package, requirement, kind) for each requirement of `requirements` (name -> its Requires-Dist lines) the
+    image plus the carried packages may not meet: kind "absent" (neither on the image nor carried), "older" (the
+    image's recorded version is outside the specifier), "unverified" (a version bound on an image package whose
+    version is unrecorded)."""
     from packaging.requirements import Requirement
 
     carried, image = {norm(n) for n in requirements}, {norm(n) for n in IMAGE_PACKAGES}
-    problems = []
     for name, lines in requirements.items():
         for line in lines:
             need = Requirement(line)
@@ -105,12 +105,51 @@ def unmet(requirements: dict[str, list[str]], unverified: list[str] | None = Non
             if wanted in carried or wanted in NOT_NEEDED:
                 continue
             if wanted not in image:
-                problems.append(f"{name} needs {need}: not on the image, not carried")
+                yield name, need, "absent"
             elif wanted in IMAGE_VERSIONS and not need.specifier.contains(IMAGE_VERSIONS[wanted], prereleases=True):
-                problems.append(f"{name} needs {need}: the image has {IMAGE_VERSIONS[wanted]}")
-            elif wanted not in IMAGE_VERSIONS and need.specifier and unverified is not None:
-                unverified.append(f"{name} needs {need}")
+                yield name, need, "older"
+            elif wanted not in IMAGE_VERSIONS and need.specifier:
+                yield name, need, "unverified"
+
+
+def unmet(requirements: dict[str, list[str]], unverified: list[str] | None = None) -> list[str]:
+    """What the carried packages require that the device would lack, one line each: a package neither on the image
+    nor carried, or an image version outside the specifier. Requirements with a version bound on an image package
+    whose version is unrecorded go to `unverified` (the device run records those versions, and pip check's
+    verdict)."""
+    problems = []
+    for name, need, kind in gaps(requirements):
+        if kind == "absent":
+            problems.append(f"{name} needs {need}: not on the image, not carried")
+        elif kind == "older":
+            problems.append(f"{name} needs {need}: the image has {IMAGE_VERSIONS[norm(need.name)]}")
+        elif unverified is not None:
+            unverified.append(f"{name} needs {need}")
     return problems
+
+
+def companions(requirements: dict[str, list[str]]) -> dict[str, str]:
+    """The packages that must travel because a carried one needs them and the image lacks them or has them too old
+    (transformers 5.25 needs huggingface-hub>=2.4, which needs httpx2, and `kernels`), and what those need in turn:
+    name -> the carried package that first asked for it. Their versions are this venv's (the ones the suite passes
+    with); one not installed here stays a problem that `unmet` names."""
+    requirements, found = dict(requirements), {}
+    while True:
+        new = {}
+        for name, need, kind in gaps(requirements):
+            if kind != "unverified" and need.name not in new and _installed(need.name):
+                new[need.name] = found.get(name, name)  # a companion's need travels with what asked for it
+        if not new:
+            return found
+        found.update(new)
+        requirements.update({n: metadata.requires(n) or [] for n in new})
+
+
+def _installed(name: str) -> bool:
+    try:
+        return bool(metadata.version(name))
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def wheel_requirements(wheels: list[Path]) -> dict[str, list[str]]:
@@ -224,6 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(KIT, ignore_errors=True)
     wheels = {name: download(name, folder).name for name, (folder, _) in WHEELS.items()}
     wheels["finetune-kit"] = project_wheel(CORE).name
+    folders = {norm(name): folder for name, (folder, _) in WHEELS.items()}
+    needed = companions(wheel_requirements(sorted(KIT.glob("*/*.whl"))))
+    for name, asker in needed.items():  # beside what asked for it: a split call carries both or neither
+        wheels[name] = download(name, folders.get(norm(asker), CORE)).name
     pack_assets(CORE)
     unverified: list[str] = []
     problems = unmet(wheel_requirements(sorted(KIT.glob("*/*.whl"))), unverified)
@@ -233,7 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python -m benchmarks.gpu prepare", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "python": PYTHON, "platforms": PLATFORMS, "wheels": wheels, "unmet_requirements": problems,
               "unverified_requirements": unverified,
-              "why": {name: why for name, (_, why) in WHEELS.items()}, "tree_bytes": tree,
+              "why": {**{name: why for name, (_, why) in WHEELS.items()},
+                      **{name: f"{asker} needs it; the image lacks it or has it too old" for name, asker in needed.items()}},
+              "tree_bytes": tree,
               "carried_bytes": sizes, "limit_bytes": LIMIT, "headroom_bytes": HEADROOM,
               "calls": [{**c, "run": run_call(c["part"], c["carry"])} for c in calls]}
     if len(calls) == 1:  # for a tree that grew past the limit after this step: the same matrix in two calls

@@ -24,6 +24,17 @@ REFRESH_S = 1.0
 LOSS_KEYS, LR_KEYS = ("loss", "eval_loss"), ("learning_rate",)
 
 
+def command_result(done: subprocess.CompletedProcess) -> str:
+    """A CLI command's outcome in one line: its last stdout line when it succeeded ("exported to ..."), its one-line
+    error (stderr) when not. A library's warning on stderr (bitsandbytes with `kernels`, offline) must not stand in
+    for the result."""
+    if done.returncode:
+        lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return f"**error:** {lines[-1] if lines else f'exited {done.returncode}'}"
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else "done"
+
+
 def _frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "value", "series"])
 
@@ -168,8 +179,7 @@ def build(workspace: Path, queue) -> dict:
             return f"**error:** {err}"
         done = subprocess.run([sys.executable, "-m", "finetune_kit.cli", "export", str(folder), "--out", str(out),
                                "--overwrite"], cwd=root, capture_output=True, text=True, timeout=1800)
-        lines = (done.stdout + done.stderr).strip().splitlines()
-        return f"{'**error:** ' if done.returncode else ''}{lines[-1] if lines else done.returncode}"
+        return command_result(done)
 
     stop_btn.click(on_stop, run, action)
     resume_btn.click(on_resume, run, action)
