@@ -219,19 +219,25 @@ def sft_baseline(opts) -> dict:
     return _sft_trl(opts)
 
 
-# trl-tuned: the best of the documented SFTConfig settings swept by `python -m benchmarks trl_sweep` on this machine,
-# as recorded in benchmarks/results/trl_sweep.json ("best"); TRL_TUNED where no sweep was recorded. bf16 only where
-# hardware.py calls it native (AMX or a bf16 GPU), unless the sweep's best names it.
+# trl-tuned: the best of the documented SFTConfig settings swept by `python -m benchmarks trl_sweep` on a machine of
+# this kind (trl_sweep_file: CPUs whose bf16 is native, i.e. AMX, and the others differ in what pays), run exactly as
+# swept ("best"'s settings, fp32 unless they name bf16); TRL_TUNED where no sweep of this kind was recorded, with bf16
+# where hardware.py calls it native (AMX or a bf16 GPU).
 TRL_TUNED = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
-TRL_SWEEP = ROOT / "benchmarks" / "results" / "trl_sweep.json"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def trl_sweep_file(native_bf16: bool) -> Path:
+    return RESULTS / ("trl_sweep_native_bf16.json" if native_bf16 else "trl_sweep.json")
 
 
 def trl_tuned_settings() -> dict:
     from finetune_kit.hardware import bf16_is_fast
 
-    sweep = json.loads(TRL_SWEEP.read_text()) if TRL_SWEEP.is_file() else {}
+    path = trl_sweep_file(bf16_is_fast())
+    sweep = json.loads(path.read_text()) if path.is_file() else {}
     best = sweep.get("points", {}).get(sweep.get("best"), {}).get("settings")
-    return {"bf16": bf16_is_fast(), **(TRL_TUNED if best is None else best)}
+    return {"bf16": bf16_is_fast(), **TRL_TUNED} if best is None else {"bf16": False, **best}
 
 
 # Settings of a trl arm that are the model's load arguments (model_init_kwargs for a model named by string)

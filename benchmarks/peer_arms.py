@@ -44,7 +44,16 @@ def llamafactory_config(opts, model: str, dataset_dir: Path, out: Path, bf16: bo
             "report_to": "none", "per_device_train_batch_size": opts.batch,
             "gradient_accumulation_steps": opts.accumulation, "learning_rate": opts.learning_rate,
             "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": bf16,
-            "seed": opts.seed, "disable_tqdm": True}
+            "use_cpu": cpu_only(), "seed": opts.seed, "disable_tqdm": True}
+
+
+def cpu_only() -> bool:
+    """No GPU: the peers' HF TrainingArguments then want `use_cpu` for bf16 ("Your setup doesn't support bf16/gpu.
+    You need to assign use_cpu if you want to train the model on CPU.", transformers' own message on an AMX CPU),
+    which a user meeting that message sets."""
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def swift_arguments(opts, model: str, data: Path, out: Path, bf16: bool) -> list[str]:
@@ -56,7 +65,8 @@ def swift_arguments(opts, model: str, data: Path, out: Path, bf16: bool) -> list
             "--tuner_type", "lora", "--lora_rank", str(LORA["lora_r"]), "--lora_alpha",
             str(LORA["lora_alpha"]), "--lora_dropout", str(LORA["lora_dropout"]), "--target_modules", "all-linear",
             "--dataset", str(data), "--split_dataset_ratio", "0", "--max_length", str(opts.max_length),
-            "--torch_dtype", "bfloat16" if bf16 else "float32", "--num_train_epochs", "1",
+            "--torch_dtype", "bfloat16" if bf16 else "float32", "--use_cpu", str(cpu_only()).lower(),
+            "--num_train_epochs", "1",
             "--per_device_train_batch_size", str(opts.batch), "--gradient_accumulation_steps", str(opts.accumulation),
             "--learning_rate", str(opts.learning_rate), "--seed", str(opts.seed), "--logging_steps", "1",
             # its default truncation deletes rows over max_length; cut them at the end as the other arms do
@@ -170,6 +180,8 @@ def _peer(peer: str, opts, build, score=_score_adapter) -> dict:
     bf16 = bf16_is_fast()
     command, settings = build(resolve_checkpoint(model_folder(opts.model)), work, bf16)
     tool = _run_tool(peer, command, work)
+    if isinstance(settings, dict):  # what the tool was given (axolotl takes bf16 on a GPU only): MFU's precision
+        bf16 = bool(settings.get("bf16", bf16))
     base = {"settings": settings, "bf16": bf16, "versions": env.get("versions"), "command": " ".join(command),
             "placeholders": env.get("placeholders", [])}
     if "error" in tool:
@@ -211,7 +223,9 @@ def axolotl_config(opts, model: str, data: Path, out: Path, bf16: bool) -> dict:
     """axolotl's LoRA example (examples/llama-3/lora-1b.yml in its repository: adapter lora, lora_target_linear,
     cosine schedule, gradient checkpointing) with what the comparison fixes put in. Changed for a CPU: no flash
     attention, so no sample packing (its multipack needs it); torch AdamW instead of bitsandbytes' 8-bit AdamW (the
-    optimizer every other arm uses); bf16 from the hardware decision. The rows are the harness's conversations,
+    optimizer every other arm uses); bf16 from the hardware decision on a GPU only (axolotl passes no `use_cpu` to
+    transformers, which then refuses bf16 on a CPU: "Your setup doesn't support bf16/gpu", seen on an AMX CPU, where
+    the others run bf16). The rows are the harness's conversations,
     rendered with the checkpoint's own chat template (`chat_template: tokenizer_default`), as the other arms do."""
     return {"base_model": model, "load_in_8bit": False, "load_in_4bit": False, "adapter": "lora",
             "lora_r": LORA["lora_r"], "lora_alpha": LORA["lora_alpha"], "lora_dropout": LORA["lora_dropout"],
@@ -222,7 +236,7 @@ def axolotl_config(opts, model: str, data: Path, out: Path, bf16: bool) -> dict:
             "sequence_len": opts.max_length, "sample_packing": False, "pad_to_sequence_len": False,
             "micro_batch_size": opts.batch, "gradient_accumulation_steps": opts.accumulation, "num_epochs": 1,
             "optimizer": "adamw_torch", "lr_scheduler": "cosine", "learning_rate": opts.learning_rate,
-            "warmup_ratio": 0.1, "weight_decay": 0.0, "bf16": bf16, "fp16": False, "tf32": False,
+            "warmup_ratio": 0.1, "weight_decay": 0.0, "bf16": bf16 and not cpu_only(), "fp16": False, "tf32": False,
             "gradient_checkpointing": True, "flash_attention": False, "sdp_attention": True, "logging_steps": 1,
             "save_strategy": "no", "seed": opts.seed, "dataset_processes": min(os.cpu_count() or 1, 4),
             # its fused LoRA kernels are on by default for dropout-0 LoRA and allocate on "cuda" unconditionally

@@ -1,6 +1,6 @@
 """The `trl-tuned` arm's settings: a small grid of trl's documented SFTConfig speed options, swept once on this machine.
 
-    python -m benchmarks trl_sweep [--examples 32 --eval_examples 8 ...]     # -> benchmarks/results/trl_sweep.json
+    python -m benchmarks trl_sweep [--examples 32 --eval_examples 8 ...]     # -> benchmarks/results/trl_sweep*.json
     python -m benchmarks trl_sweep --only defaults,NAME,... --results DIR   # some points, paired in one run
 
 Each point is trl's SFTTrainer on the same subset, model, LoRA, batch, learning rate and seed as `python -m
@@ -9,7 +9,8 @@ length-grouped batches, `padding_free`, packing (bfd), bf16 autocast (the hardwa
 to check), the base loaded in bf16 (model_init_kwargs' dtype), one row per micro-batch (the effective batch
 kept), eager attention and batch lengths rounded to 64. The fastest point whose held-out reply loss is within 2% of
 the defaults' is recorded as "best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no
-sweep was recorded). `--only` runs some points (include `defaults`: the loss rule's reference), as a paired check.
+sweep was recorded). One sweep per kind of machine: trl_sweep.json where bf16 is not native (e.g. AVX512-BF16 without
+AMX), trl_sweep_native_bf16.json where it is (AMX); the arm reads its machine's. `--only` runs some points (include `defaults`: the loss rule's reference), as a paired check.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ GRID = {
     # it beat sdpa for our arm (results/sft_fast_path_probe.json), so a trl user may try it too
     "no-checkpointing+padding_free+bf16-weights+eager": {"gradient_checkpointing": False, "padding_free": True,
                                                          "dtype": "bfloat16", "attn_implementation": "eager"},
+    # the same with bf16 autocast on top (the adapters' matmuls in bf16 too): where bf16 is native (AMX) it may pay
+    "no-checkpointing+padding_free+bf16-weights+eager+bf16": {"gradient_checkpointing": False, "padding_free": True,
+                                                              "dtype": "bfloat16", "attn_implementation": "eager",
+                                                              "bf16": True},
+    "no-checkpointing+micro-batch-1+bf16-weights+eager+bf16": {"gradient_checkpointing": False, "micro_batch": 1,
+                                                               "dtype": "bfloat16", "attn_implementation": "eager",
+                                                               "bf16": True},
     "no-checkpointing+micro-batch-1+bf16-weights+eager": {"gradient_checkpointing": False, "micro_batch": 1,
                                                           "dtype": "bfloat16", "attn_implementation": "eager"},
     # batch lengths rounded up to 64 (SFTConfig.pad_to_multiple_of), as our arm does where a CPU multiplies in bf16:
@@ -80,7 +88,8 @@ def main(argv: list[str]) -> dict:
 
 
 def sweep(argv: list[str]) -> dict:
-    from benchmarks.arms import training_lengths, write_subsets
+    from benchmarks.arms import training_lengths, trl_sweep_file, write_subsets
+    from finetune_kit.hardware import bf16_is_fast
     from benchmarks.harness import options
     from benchmarks.record_run import machine
     from finetune_kit.runs import package_versions
@@ -135,7 +144,9 @@ def sweep(argv: list[str]) -> dict:
               "machine": machine(), "versions": package_versions()}
     out = Path(opts.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "trl_sweep.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    target = out / trl_sweep_file(bf16_is_fast()).name  # one sweep per kind of machine: what pays differs
+    target.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {target}")
     print(json.dumps({n: {k: p.get(k) for k in ("tokens_per_second", "heldout_loss", "steps", "error")}
                       for n, p in points.items()}, indent=2), "\nbest:", best)
     return result

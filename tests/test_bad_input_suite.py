@@ -338,6 +338,9 @@ CASES = {
     "column_mapping naming no column of the data": (
         lambda e: sft(e, column_mapping={"instruction": "nosuch"}),
         r"chat\.jsonl: column_mapping maps instruction to column 'nosuch', which no row has", False),
+    "column_mapping naming no column of a stream's first row": (
+        lambda e: sft(e, streaming=True, max_steps=3, column_mapping={"instruction": "nosuch"}),
+        r"chat\.jsonl: column_mapping maps instruction to column 'nosuch', which no row has", False),
     "a source's column_mapping that is not a mapping": (
         lambda e: mixture(e, ("a.jsonl", chat_rows(4), {}), ("b.jsonl", chat_rows(4), {"column_mapping": 7})),
         r"datasets\[1\]\.column_mapping must be a mapping such as \{instruction: question\}, got 7", False),

@@ -318,3 +318,22 @@ def test_a_peer_that_cannot_be_installed_reports_its_error(tmp_path, monkeypatch
     summary = sft_ms_swift(SimpleNamespace(out=str(tmp_path / "run")))
     assert "No matching distribution" in summary["error"] and "pip install ms-swift" in summary["error"]
     assert credit(dict(summary), {"trained_tokens": 10}) == summary
+
+
+def test_trl_tuned_runs_the_best_point_swept_on_its_kind_of_machine(tmp_path, monkeypatch):
+    """What pays differs between CPUs whose bf16 is native (AMX) and the others: each kind has its sweep, and the
+    arm runs the best point exactly as swept (fp32 unless it names bf16), or trl's defaults tuned where none."""
+    import finetune_kit.hardware
+    from benchmarks import arms
+
+    monkeypatch.setattr(arms, "RESULTS", tmp_path)
+    (tmp_path / "trl_sweep.json").write_text(json.dumps({"best": "a", "points": {"a": {"settings": {
+        "padding_free": True}}}}))
+    (tmp_path / "trl_sweep_native_bf16.json").write_text(json.dumps({"best": "b", "points": {"b": {"settings": {
+        "bf16": True, "micro_batch": 1}}}}))
+    monkeypatch.setattr(finetune_kit.hardware, "bf16_is_fast", lambda: False)
+    assert arms.trl_tuned_settings() == {"bf16": False, "padding_free": True}
+    monkeypatch.setattr(finetune_kit.hardware, "bf16_is_fast", lambda: True)
+    assert arms.trl_tuned_settings() == {"bf16": True, "micro_batch": 1}
+    (tmp_path / "trl_sweep_native_bf16.json").unlink()
+    assert arms.trl_tuned_settings() == {"bf16": True, **arms.TRL_TUNED}

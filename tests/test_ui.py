@@ -142,10 +142,14 @@ def test_runs_are_discovered_from_the_workspace_folders(workspace):
                                                                                               "step": 1}]}))
     (stopped / "adapter_model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")  # a whole (empty) safetensors
     (workspace / "runs" / "empty").mkdir()
+    cut = workspace / "runs" / "cut" / "checkpoint-2"  # a save that never finished: nothing to resume from
+    cut.mkdir(parents=True)
+    (cut / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
     rows = {r[0]: r for r in run_view.runs_table(workspace, None)}
-    assert set(rows) == {"runs/done", "runs/stopped"}
+    assert set(rows) == {"runs/done", "runs/stopped", "runs/cut"}
     assert rows["runs/done"][1:] == ["sft", "m", "d.jsonl", "finished", "train_loss 0.5", "1:15"]
-    assert rows["runs/stopped"][4] == "stopped (resumable)"
+    assert rows["runs/stopped"][4] == "stopped (resumable from checkpoint-3)"
+    assert rows["runs/cut"][4] == "stopped (no complete checkpoint)"
     # Curves: the saved log history, and the newest checkpoint's for a run that never finished.
     curves = run_view.curve_rows({"a": run_view.history(workspace / "runs" / "done", None)})
     assert [(r["step"], r["value"]) for r in curves if r["series"] == "loss"] == [(1, 1.5), (2, 0.5)]

@@ -161,9 +161,11 @@ class StepClock(TrainerCallback):
         rate = tokens / seconds
         memory = {"peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)} \
             if torch.cuda.is_available() else {"peak_rss_training_mib": training_peak_rss_mb()}
-        return {"steps": last, "timed_steps": last - first, "tokens_per_second": round(rate, 1),
+        # significant digits, not decimals: a CPU dry run's MFU is ~1e-3, where 4 decimals lost up to 5% of it
+        return {"steps": last, "timed_steps": last - first, "tokens_per_second": float(f"{rate:.5g}"),
                 "tokens_per_step": round(tokens / (last - first), 1), "seconds_per_step": round(seconds / (last - first), 4),
-                "flops_per_token": self.flops, "mfu": round(rate * self.flops / peak_flops, 4) if peak_flops else None,
+                "flops_per_token": self.flops,
+                "mfu": float(f"{rate * self.flops / peak_flops:.4g}") if peak_flops else None,
                 **memory, "losses": losses}
 
 

@@ -134,7 +134,7 @@ def stream(data, split: str, normaliser):
     from datasets import load_dataset
     from trl.data_utils import get_dataset_column_names
 
-    from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise
+    from finetune_kit.data.formats import apply_column_mapping, detect_format, normalise, require_mapped_columns
     from finetune_kit.data.readers import SUFFIXES, is_local
     from finetune_kit.errors import DataError
 
@@ -163,6 +163,7 @@ def stream(data, split: str, normaliser):
     first = next(iter(rows), None)
     if first is None:
         raise DataError(f"{source}: the dataset is empty (no rows).")
+    require_mapped_columns([(f"{label} row 1", first)], data.column_mapping, label)  # a stream: row 1 is all we read
     if normaliser is None:
         fmt = data.dataset_format
         if fmt == "auto":

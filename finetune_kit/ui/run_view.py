@@ -83,7 +83,7 @@ def runs_table(workspace: Path, queue: JobQueue | None) -> list[list[str]]:
             if job.state == "finished" and info is None:
                 status = "ended without run_info.json"
         else:
-            status = "finished" if info else "stopped (resumable)"
+            status = "finished" if info else _stopped_status(run)
         metrics = info.get("metrics", {}) if info else {}
         duration = metrics.get("train_runtime")
         if duration is None and job is not None and job.started:
@@ -92,6 +92,13 @@ def runs_table(workspace: Path, queue: JobQueue | None) -> list[list[str]]:
                      str(cfg.get("model_name_or_path", "")), str(cfg.get("dataset_name", "")), status,
                      final_metrics(info), _duration(duration)])
     return rows
+
+
+def _stopped_status(run: Path) -> str:
+    """A run folder without run_info.json: resumable only from a checkpoint whose save finished (the one `--resume
+    latest` would take); a folder of cut-short checkpoints is not."""
+    checkpoint = newest_complete_checkpoint(run)
+    return f"stopped (resumable from {checkpoint.name})" if checkpoint else "stopped (no complete checkpoint)"
 
 
 def progress_events(path: Path) -> list[dict]:
