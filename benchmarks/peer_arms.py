@@ -23,6 +23,11 @@ from pathlib import Path
 
 from benchmarks.arms import LORA, _alpaca, model_folder, response_loss
 from benchmarks.peer_envs import PEERS, ensure_env, env_python
+from finetune_kit.hardware import has_accelerator
+
+# Without a GPU the peers' HF TrainingArguments want `use_cpu` for bf16 ("Your setup doesn't support bf16/gpu. You need
+# to assign use_cpu if you want to train the model on CPU.", transformers' own message on an AMX CPU), which a user
+# meeting that message sets: LLaMA-Factory and ms-swift get it; axolotl passes none, so it runs bf16 on a GPU only.
 
 TOOL_TIMEOUT_S = int(os.environ.get("BENCH_PEER_TIMEOUT_S", "3600"))  # one peer run, then its process group is ended
 # SmolLM2-Instruct's own chat template opens with this system turn when a conversation has none (our recipe and trl
@@ -44,16 +49,7 @@ def llamafactory_config(opts, model: str, dataset_dir: Path, out: Path, bf16: bo
             "report_to": "none", "per_device_train_batch_size": opts.batch,
             "gradient_accumulation_steps": opts.accumulation, "learning_rate": opts.learning_rate,
             "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": bf16,
-            "use_cpu": cpu_only(), "seed": opts.seed, "disable_tqdm": True}
-
-
-def cpu_only() -> bool:
-    """No GPU: the peers' HF TrainingArguments then want `use_cpu` for bf16 ("Your setup doesn't support bf16/gpu.
-    You need to assign use_cpu if you want to train the model on CPU.", transformers' own message on an AMX CPU),
-    which a user meeting that message sets."""
-    import torch
-
-    return not torch.cuda.is_available()
+            "use_cpu": not has_accelerator(), "seed": opts.seed, "disable_tqdm": True}
 
 
 def swift_arguments(opts, model: str, data: Path, out: Path, bf16: bool) -> list[str]:
@@ -65,7 +61,7 @@ def swift_arguments(opts, model: str, data: Path, out: Path, bf16: bool) -> list
             "--tuner_type", "lora", "--lora_rank", str(LORA["lora_r"]), "--lora_alpha",
             str(LORA["lora_alpha"]), "--lora_dropout", str(LORA["lora_dropout"]), "--target_modules", "all-linear",
             "--dataset", str(data), "--split_dataset_ratio", "0", "--max_length", str(opts.max_length),
-            "--torch_dtype", "bfloat16" if bf16 else "float32", "--use_cpu", str(cpu_only()).lower(),
+            "--torch_dtype", "bfloat16" if bf16 else "float32", "--use_cpu", str(not has_accelerator()).lower(),
             "--num_train_epochs", "1",
             "--per_device_train_batch_size", str(opts.batch), "--gradient_accumulation_steps", str(opts.accumulation),
             "--learning_rate", str(opts.learning_rate), "--seed", str(opts.seed), "--logging_steps", "1",
@@ -236,7 +232,7 @@ def axolotl_config(opts, model: str, data: Path, out: Path, bf16: bool) -> dict:
             "sequence_len": opts.max_length, "sample_packing": False, "pad_to_sequence_len": False,
             "micro_batch_size": opts.batch, "gradient_accumulation_steps": opts.accumulation, "num_epochs": 1,
             "optimizer": "adamw_torch", "lr_scheduler": "cosine", "learning_rate": opts.learning_rate,
-            "warmup_ratio": 0.1, "weight_decay": 0.0, "bf16": bf16 and not cpu_only(), "fp16": False, "tf32": False,
+            "warmup_ratio": 0.1, "weight_decay": 0.0, "bf16": bf16 and has_accelerator(), "fp16": False, "tf32": False,
             "gradient_checkpointing": True, "flash_attention": False, "sdp_attention": True, "logging_steps": 1,
             "save_strategy": "no", "seed": opts.seed, "dataset_processes": min(os.cpu_count() or 1, 4),
             # its fused LoRA kernels are on by default for dropout-0 LoRA and allocate on "cuda" unconditionally

@@ -10,7 +10,8 @@ to check), the base loaded in bf16 (model_init_kwargs' dtype), one row per micro
 kept), eager attention and batch lengths rounded to 64. The fastest point whose held-out reply loss is within 2% of
 the defaults' is recorded as "best", which the trl-tuned arm reads (arms.trl_tuned_settings; arms.TRL_TUNED where no
 sweep was recorded). One sweep per kind of machine: trl_sweep.json where bf16 is not native (e.g. AVX512-BF16 without
-AMX), trl_sweep_native_bf16.json where it is (AMX); the arm reads its machine's. `--only` runs some points (include `defaults`: the loss rule's reference), as a paired check.
+AMX), trl_sweep_native_bf16.json where it is (AMX); the arm reads its machine's. `--only` runs some points (include
+`defaults`: the loss rule's reference), as a paired check.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def main(argv: list[str]) -> dict:
 
 def sweep(argv: list[str]) -> dict:
     from benchmarks.arms import training_lengths, trl_sweep_file, write_subsets
-    from finetune_kit.hardware import bf16_is_fast
     from benchmarks.harness import options
     from benchmarks.record_run import machine
+    from finetune_kit.hardware import bf16_is_fast
     from finetune_kit.runs import package_versions
 
     defaults = ["--examples", "32", "--eval_examples", "8"]

@@ -137,7 +137,7 @@ def companions(requirements: dict[str, list[str]]) -> dict[str, str]:
     while True:
         new = {}
         for name, need, kind in gaps(requirements):
-            if kind != "unverified" and need.name not in new and _installed(need.name):
+            if kind != "unverified" and norm(need.name) not in map(norm, new) and _installed(need.name):
                 new[need.name] = found.get(name, name)  # a companion's need travels with what asked for it
         if not new:
             return found
