@@ -195,14 +195,7 @@ def tune(argv: list[str]) -> dict[str, Any]:
     # `warmup_evals` evaluations are free, pruning starts with the next.
     pruner = optuna.pruners.NopPruner() if pruning is False else optuna.pruners.MedianPruner(
         n_startup_trials=pruning.get("startup_trials", 3), n_warmup_steps=pruning.get("warmup_evals", 1) + 1)
-    storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    # The sampler's seed moves on with the trials already stored: a resumed study must not redraw the random
-    # start-up configurations of the trials it already has.
-    exists = (study_dir / "study.db").is_file() and STUDY_NAME in optuna.get_all_study_names(storage)
-    stored = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if exists else 0
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=settings["direction"],
-                                load_if_exists=True, pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=base.training.seed + stored))
+    study = _open_study(study_dir / "study.db", settings["direction"], pruner, base.training.seed)
     if study.user_attrs.get("signature", signature) != signature:
         raise UserError(f"{study_dir} holds a study of another config or search space "
                         f"({study.user_attrs['signature']}); choose another --study_dir.")
@@ -250,6 +243,25 @@ def tune(argv: list[str]) -> dict[str, Any]:
             study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,),
                            timeout=args.timeout_minutes * 60 if args.timeout_minutes else None)
     return finish_study(study, raw, study_dir, settings)
+
+
+def _open_study(db: Path, direction: str, pruner, seed: int):
+    """The study stored in `db`, created when absent. A damaged file is named, not opened over: its trials are the
+    user's record of the search (a new study would start over and the file would be lost to sqlite's repair)."""
+    import optuna
+    from sqlalchemy.exc import DatabaseError
+
+    storage = f"sqlite:///{db.resolve()}"
+    try:
+        # The sampler's seed moves on with the trials already stored: a resumed study must not redraw the random
+        # start-up configurations of the trials it already has.
+        exists = db.is_file() and STUDY_NAME in optuna.get_all_study_names(storage)
+        stored = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if exists else 0
+        return optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction, load_if_exists=True,
+                                   pruner=pruner, sampler=optuna.samplers.TPESampler(seed=seed + stored))
+    except DatabaseError as err:
+        raise UserError(f"{db}: not a readable study database ({err.orig}); it was left as it is: move it away to "
+                        "start a new study there, or give another --study_dir.") from None
 
 
 def _empty_cuda_cache() -> None:

@@ -84,6 +84,13 @@ def text_cls(e, rows=None, **cfg):
     return "text_classification", {**base, **cfg}
 
 
+def tune_config(e) -> str:
+    _, cfg = text_cls(e, eval_split_ratio=0.4, eval_strategy="epoch")
+    cfg["tune"] = {"metric": "accuracy", "direction": "maximize", "trials": 1,
+                   "space": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}}
+    return write_config(e["tmp"] / "tune.yaml", cfg)
+
+
 def ppo(e, rows=None, **cfg):
     rows = rows or [{"prompt": f"Say {w}"} for w in WORDS]
     base = {"model_name_or_path": e["llama"], "dataset_name": e["file"]("prompts.jsonl", rows), "use_peft": True,
@@ -454,6 +461,9 @@ CASES = {
     "export over the folder that holds its source": (
         lambda e: ("cli", ["export", llama_copy(e, "out/model", lambda folder: None), "--out", str(e["out"]),
                            "--overwrite"]), r"--out .*out holds the source .*model; export to another folder", False),
+    "tune over a damaged study database": (lambda e: ("cli", ["tune", "--config", tune_config(e), "--study_dir",
+                                                              write(e, "out/study.db", "SQLite format 3\x00 cut")[:-9]]),
+                                           r"out/study\.db: not a readable study database .*move it away", False),
     "export over a finished training run": (
         lambda e: (e["out"].joinpath("run_info.json").write_text("{}"),
                    ("cli", ["export", e["llama"], "--out", str(e["out"]), "--overwrite"]))[1],

@@ -135,6 +135,12 @@ def test_tiny_run_trains_and_scores_a_held_out_article(tmp_path, tiny_bert_dir, 
     predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
     assert len(predictions) == metrics["eval_total"]
     assert 0 <= metrics["eval_HasAns_f1_spans_only"] <= 100
+    # null_odds.json (run_qa's name) holds what the threshold was applied to: "" exactly where the odds pass it.
+    odds = json.loads((tmp_path / "run" / "null_odds.json").read_text())
+    threshold = json.loads((tmp_path / "run" / "run_info.json").read_text())["decisions"]["null_score_threshold"]
+    assert odds.keys() == predictions.keys()
+    assert all(predictions[i] == "" for i in odds if odds[i] is None or odds[i] > threshold["value"] + 1e-3)
+    assert all(predictions[i] != "" for i in odds if odds[i] is not None and odds[i] < threshold["value"] - 1e-3)
     # The null threshold was chosen on training paragraphs held out of training, recorded, and used by predict.
     decision = json.loads((tmp_path / "run" / "run_info.json").read_text())["decisions"]["null_score_threshold"]
     assert "held out of training" in decision["why"]

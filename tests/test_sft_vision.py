@@ -160,9 +160,10 @@ def test_a_row_cut_after_its_image_tokens_is_counted_not_refused(tmp_path, shape
     assert "1 of 5 training rows are longer than max_length=40 and will be truncated" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["not an image", "missing image", "placeholders and images differ"])
+@pytest.mark.parametrize("case", ["not an image", "missing image", "placeholders and images differ",
+                                  "column_mapping naming no column"])
 def test_bad_input_is_named_before_anything_loads(case, tmp_path, shapes, capsys):
-    row = picture_row(shapes)
+    row, extra = picture_row(shapes), {}
     if case == "not an image":
         (tmp_path / "notes.png").write_text("not a picture")
         row["images"] = ["notes.png"]  # relative to the data file's folder
@@ -170,10 +171,16 @@ def test_bad_input_is_named_before_anything_loads(case, tmp_path, shapes, capsys
     elif case == "missing image":
         row["images"] = ["gone.png"]
         expected = "data.jsonl line 5: images[0]: file not found:"
-    else:
+    elif case == "placeholders and images differ":
         row["images"] = row["images"] * 2
         expected = "data.jsonl line 5: 1 image placeholder(s) in the conversation but 2 image(s) in 'images'"
-    argv = config(tmp_path, shapes, dataset_name=str(rows_with(shapes, tmp_path, [row])))
+    else:  # the rows hold their pictures under 'pictures'; the mapping misspells it
+        extra["column_mapping"] = {"images": "picture"}
+        expected = "data.jsonl: column_mapping maps images to column 'picture', which no row has (columns of row 1: "
+    data = rows_with(shapes, tmp_path, [row])
+    if extra:
+        data.write_text(data.read_text().replace('"images":', '"pictures":'))
+    argv = config(tmp_path, shapes, dataset_name=str(data), **extra)
     assert expected in _fails(["train", "sft_vision", *argv], capsys)
     assert expected in _fails(["check", "--recipe", "sft_vision", *argv], capsys)
     assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from finetune_kit.data.formats import SHAREGPT_ROLES, apply_column_mapping
+from finetune_kit.data.formats import SHAREGPT_ROLES, apply_column_mapping, require_mapped_columns
 from finetune_kit.decisions import Decision
 from finetune_kit.errors import DataError, UserError
 
@@ -132,8 +132,10 @@ def chat_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
         path = Path(source).expanduser()
         folder = path if path.is_dir() else path.parent if is_local(source) else None
         kept, problems = [], []
-        for where, row in read_rows(source, cfg.data.dataset_train_split if split == "train" else split,
-                                    cfg.data.dataset_config):
+        rows = list(read_rows(source, cfg.data.dataset_train_split if split == "train" else split,
+                              cfg.data.dataset_config))
+        require_mapped_columns(rows, cfg.data.column_mapping, source)  # a typo, not every row's own problem
+        for where, row in rows:
             try:
                 chat = normalise_row(apply_column_mapping(row, cfg.data.column_mapping), where, folder)
                 open_images(where, chat)
