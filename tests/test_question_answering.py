@@ -141,6 +141,8 @@ def test_tiny_run_trains_and_scores_a_held_out_article(tmp_path, tiny_bert_dir, 
     assert odds.keys() == predictions.keys()
     assert all(predictions[i] == "" for i in odds if odds[i] is None or odds[i] > threshold["value"] + 1e-3)
     assert all(predictions[i] != "" for i in odds if odds[i] is not None and odds[i] < threshold["value"] - 1e-3)
+    spans = json.loads((tmp_path / "run" / "best_spans.json").read_text())
+    assert spans.keys() == predictions.keys() and all(predictions[i] in ("", spans[i]) for i in predictions)
     # The null threshold was chosen on training paragraphs held out of training, recorded, and used by predict.
     decision = json.loads((tmp_path / "run" / "run_info.json").read_text())["decisions"]["null_score_threshold"]
     assert "held out of training" in decision["why"]
