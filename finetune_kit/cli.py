@@ -81,6 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--input", required=True, type=Path)
     gen.add_argument("--output", required=True, type=Path)
     gen.add_argument("--batch_size", type=int, default=8)
+    gen.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     serve.add_argument("--model", required=True)
     serve.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) keeps it on this machine")
@@ -105,6 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--context", action="append", help="QA models: the passage each question is about")
     predict.add_argument("--input", type=Path, help="jsonl / csv / tsv file of texts")
     predict.add_argument("--output", type=Path, help="jsonl file for the results (default: print)")
+    predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--text_pair_column")
     ui = commands.add_parser("ui", help="the web board: set up, launch, watch, compare and chat with runs (needs the "
@@ -148,7 +150,7 @@ def _main(argv: list[str] | None) -> None:
         # batch size, the port, then the generation options.
         prompts = cli_commands.read_prompts(args.input) if args.command == "generate" else None
         if args.command == "generate":
-            cli_commands.require_output_file(args.output, "--output", args.input)
+            cli_commands.require_output_file(args.output, "--output", args.input, args.overwrite)
             if args.batch_size < 1:
                 raise UserError(f"--batch_size must be a positive integer, got {args.batch_size}.")
         if args.command == "serve" and not (0 < args.port < 65536 and args.max_tokens_limit >= 1):

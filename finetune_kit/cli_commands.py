@@ -22,9 +22,9 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def require_output_file(path: Path, flag: str, source: Path | None = None) -> None:
-    """An output file's path must name a file in a writable folder, and not the input file (`source`), which
-    writing it would replace: checked before a model loads."""
+def require_output_file(path: Path, flag: str, source: Path | None = None, overwrite: bool = False) -> None:
+    """An output file's path must name a file in a writable folder, not the input file (`source`), and no file that
+    exists unless `overwrite` (results of an earlier run are not replaced unasked): checked before a model loads."""
     import os
 
     if source is not None and path.exists() and source.exists() and path.resolve() == source.resolve():
@@ -32,6 +32,9 @@ def require_output_file(path: Path, flag: str, source: Path | None = None) -> No
                         "path (nothing was written).")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file path (nothing was written).")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {path} exists; give another path, or --overwrite to replace it (nothing was "
+                        "written).")
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {folder} is not a writable folder (nothing was written).")
@@ -85,7 +88,7 @@ def predict(args) -> None:
     if pairs is not None and len(pairs) != len(texts):
         raise UserError(f"predict: {len(texts)} texts but {len(pairs)} text pairs.")
     if args.output:
-        require_output_file(args.output, "--output", args.input)
+        require_output_file(args.output, "--output", args.input, args.overwrite)
     model, tokenizer = load_for_inference(args.model, merge=True)
     kind = type(model).__name__
     if "TokenClassification" in kind:

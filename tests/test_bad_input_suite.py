@@ -410,10 +410,18 @@ CASES = {
     "chat with a truncated model": (lambda e: ("cli", ["chat", "--model", llama_copy(e, "cut2", truncate_weights)]),
                                     r"model\.safetensors is cut short", False),
     # --- commands that write files ---
-    "generate with an encoder onto an existing file": (
+    "generate with an encoder onto an existing file, --overwrite given": (
         lambda e: ("cli", ["generate", "--model", e["bert"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
-                           "--output", str(e["out"] / "notes.txt")]),
+                           "--output", str(e["out"] / "notes.txt"), "--overwrite"]),
         r"is not a generative \(causal LM\) model", False),
+    "generate onto an existing file": (
+        lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
+                           "--output", str(e["out"] / "notes.txt")]),
+        r"--output .*notes\.txt exists; give another path, or --overwrite to replace it", False),
+    "predict onto an existing file": (
+        lambda e: ("cli", ["predict", "--model", e["bert"], "--input", e["file"]("t.jsonl", [{"text": "hi"}]),
+                           "--output", str(e["out"] / "notes.txt")]),
+        r"--output .*notes\.txt exists; give another path, or --overwrite", False),
     "chat with an encoder": (lambda e: ("cli", ["chat", "--model", e["bert"]]), r"is not a generative", False),
     "generate into a folder": (
         lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
