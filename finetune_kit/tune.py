@@ -246,8 +246,8 @@ def tune(argv: list[str]) -> dict[str, Any]:
 
 
 def _open_study(db: Path, direction: str, pruner, seed: int):
-    """The study stored in `db`, created when absent. A damaged file is named, not opened over: its trials are the
-    user's record of the search (a new study would start over and the file would be lost to sqlite's repair)."""
+    """The study stored in `db`, created when absent. A file sqlite cannot read is named and left as it is, never
+    replaced by a new study: its trials are the user's record of the search, and may be recoverable."""
     import optuna
     from sqlalchemy.exc import DatabaseError
 
