@@ -8,6 +8,8 @@ typed config. So this module imports nothing, and a check reads only plain value
 
 from __future__ import annotations
 
+import math
+
 
 def quantization_is_exclusive(cfg) -> str | None:
     if cfg.model.load_in_4bit and cfg.model.load_in_8bit:
@@ -94,6 +96,42 @@ def trains_something(cfg) -> str | None:
     if not args.num_train_epochs > 0:
         return (f"num_train_epochs is {args.num_train_epochs} and max_steps is not set: the run would train nothing; "
                 "set num_train_epochs > 0 or max_steps > 0.")
+    return None
+
+
+# key: (lowest, highest, whether the lowest itself is allowed); every value must also be a finite number.
+_OPTIMIZER_RANGES = {
+    "weight_decay": (0.0, math.inf, True),
+    "adam_beta1": (0.0, 1.0, True),
+    "adam_beta2": (0.0, 1.0, True),
+    "adam_epsilon": (0.0, math.inf, True),
+    "max_grad_norm": (0.0, math.inf, True),  # 0 turns clipping off, as in transformers
+    "neftune_noise_alpha": (0.0, math.inf, False),
+    "label_smoothing_factor": (0.0, 1.0, True),
+}
+
+
+def numbers_in_range(cfg) -> str | None:
+    """Values transformers takes unchecked that fail only once training has started (numpy's seed range, torch's
+    optimizer and NEFTune checks, an endless epoch count turned into steps), or that silently do nothing (a NaN
+    clip norm is never above 0, so nothing is clipped)."""
+    args = cfg.training
+    for key in ("seed", "data_seed"):
+        value = getattr(args, key, None)
+        if value is not None and not 0 <= value < 2**32:
+            return f"{key} must be between 0 and 2**32 - 1 (numpy's seed range), got {value}."
+    if not math.isfinite(args.learning_rate):
+        return f"learning_rate must be a finite number, got {args.learning_rate}."
+    if not (args.max_steps is not None and args.max_steps > 0) and not math.isfinite(args.num_train_epochs):
+        return f"num_train_epochs must be a finite number (or set max_steps), got {args.num_train_epochs}."
+    for key, (low, high, low_allowed) in _OPTIMIZER_RANGES.items():
+        value = getattr(args, key, None)
+        if value is None or not isinstance(value, (int, float)):
+            continue
+        if not (math.isfinite(value) and (low <= value if low_allowed else low < value) and value < high):
+            bound = f"{'at least' if low_allowed else 'above'} {low:g}" + (f" and below {high:g}"
+                                                                          if math.isfinite(high) else "")
+            return f"{key} must be a number {bound}, got {value}."
     return None
 
 
@@ -388,6 +426,7 @@ COMMON_CHECKS = (
     trackers_installed,
     batch_sizes_positive,
     trains_something,
+    numbers_in_range,
     lora_values_in_range,
     lengths_positive,
     attention_known,

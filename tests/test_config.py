@@ -188,6 +188,24 @@ def test_check_learning_rate_positive(tmp_path):
         cfg_with(tmp_path, "learning_rate: -1.0e-3\n")
 
 
+def test_check_numbers_in_range(tmp_path):
+    # Each of these passed transformers' own checks and failed only once training ran (numpy's seed, torch's AdamW,
+    # NEFTune's uniform noise, steps from an endless epoch count) or did nothing (a NaN clip norm clips nothing).
+    for extra, message in [("seed: -1\n", r"seed must be between 0 and 2\*\*32 - 1 .*got -1"),
+                           ("data_seed: 4294967296\n", r"data_seed must be between 0 and 2\*\*32 - 1"),
+                           ("learning_rate: .inf\n", "learning_rate must be a finite number, got inf"),
+                           ("num_train_epochs: .inf\n", r"num_train_epochs must be a finite number \(or set max_steps\)"),
+                           ("weight_decay: -0.1\n", "weight_decay must be a number at least 0, got -0.1"),
+                           ("adam_beta2: 1.0\n", "adam_beta2 must be a number at least 0 and below 1, got 1.0"),
+                           ("max_grad_norm: .nan\n", "max_grad_norm must be a number at least 0, got nan"),
+                           ("neftune_noise_alpha: 0\n", "neftune_noise_alpha must be a number above 0, got 0")]:
+        with pytest.raises(ConfigError, match=message):
+            cfg_with(tmp_path, extra)
+    # The edges that mean something stay allowed: no clipping, seed 0, epochs left to max_steps.
+    cfg = cfg_with(tmp_path, "max_grad_norm: 0\nseed: 0\nnum_train_epochs: .inf\nmax_steps: 3\n")
+    assert (cfg.training.max_grad_norm, cfg.training.seed, cfg.training.max_steps) == (0, 0, 3)
+
+
 def test_check_lora_rank_positive(tmp_path):
     with pytest.raises(ConfigError, match="lora_r must be a positive integer"):
         cfg_with(tmp_path, "lora_r: 0\n")

@@ -13,10 +13,7 @@ Left unset, that threshold is chosen after training for the best F1 on paragraph
 
 from __future__ import annotations
 
-import json
-import math
 import random
-from pathlib import Path
 
 from datasets import Dataset
 from transformers import (
@@ -136,15 +133,7 @@ def evaluate_squad(trainer, tokenizer, eval_rows, task, window, version_2: bool)
         if answerable:
             spans_only = metric.compute(predictions=[p for p, _ in answerable], references=[g for _, g in answerable])
             scores["HasAns_f1_spans_only"] = spans_only["f1"]
-    Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
-    Path(trainer.args.output_dir, "predictions.json").write_text(json.dumps(answers, indent=1))
-    if version_2:  # null score minus best span score per question, as transformers' run_qa writes it, and the best
-        # span: another threshold can be tried (the span where the odds are under it, else "") without predicting again
-        Path(trainer.args.output_dir, "null_odds.json").write_text(
-            json.dumps({i: round(margin, 4) if math.isfinite(margin) else None  # None: no valid span at all
-                        for i, (_, margin) in spans.items()}, indent=1))
-        Path(trainer.args.output_dir, "best_spans.json").write_text(
-            json.dumps({i: text for i, (text, _) in spans.items()}, indent=1))
+    qa.write_predictions(trainer.args.output_dir, answers, spans if version_2 else None)
     return {f"eval_{k}": v for k, v in scores.items()}
 
 

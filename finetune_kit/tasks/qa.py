@@ -9,6 +9,7 @@ windows wins, unless the null score beats it by more than `null_score_threshold`
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,19 @@ def best_answers(examples, features, start_logits, end_logits, n_best: int = 20,
     """The answer text per example id. With a threshold (v2), "" when null score - best span score > threshold."""
     spans = best_spans(examples, features, start_logits, end_logits, n_best, max_answer_length)
     return answers_at(spans, null_score_threshold)
+
+
+def write_predictions(output_dir: str, answers: dict[str, str], spans: dict[str, tuple[str, float]] | None) -> None:
+    """predictions.json; with `spans` (v2) also null_odds.json (null score minus best span score per question, as
+    transformers' run_qa writes it; None: no valid span) and best_spans.json, so another threshold can be tried (the
+    span where the odds are under it, else "") without predicting again."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    Path(output_dir, "predictions.json").write_text(json.dumps(answers, indent=1))
+    if spans is not None:
+        Path(output_dir, "null_odds.json").write_text(json.dumps(
+            {i: round(margin, 4) if math.isfinite(margin) else None for i, (_, margin) in spans.items()}, indent=1))
+        Path(output_dir, "best_spans.json").write_text(json.dumps({i: text for i, (text, _) in spans.items()},
+                                                                  indent=1))
 
 
 def choose_null_threshold(examples, spans: dict[str, tuple[str, float]], f1) -> tuple[float, float]:
