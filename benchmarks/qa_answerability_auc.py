@@ -17,7 +17,6 @@ from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import QuestionAnsweringConfig
 from finetune_kit.models import resolve_checkpoint
-from finetune_kit.recipes.question_answering import split_by_article
 from finetune_kit.tasks import qa
 
 
@@ -76,8 +75,7 @@ def similarity(rows: list[dict]) -> np.ndarray:
 def main() -> None:
     run = sys.argv[1]
     cfg = parse_config(QuestionAnsweringConfig, ["--config", "question_answering_minilm_squad"])
-    rows, _ = qa.squad_splits(cfg)
-    _, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, cfg.data.seed_for_split(cfg.training.seed))
+    _, eval_rows, _, _ = qa.question_splits(cfg)
     answerable = np.array([bool(r["answers"]["text"]) for r in eval_rows])
     print(f"{len(eval_rows)} held-out questions, {answerable.sum()} answerable; AUC (0.5 = chance, 1 = separated):")
     scores = model_scores(run, eval_rows, cfg.task) | {"question-sentence similarity (negated)": -similarity(eval_rows)}

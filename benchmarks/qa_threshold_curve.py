@@ -12,15 +12,13 @@ from pathlib import Path
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import QuestionAnsweringConfig
 from finetune_kit.metrics import load_metric
-from finetune_kit.recipes.question_answering import split_by_article
 from finetune_kit.tasks import qa
 
 
 def main() -> None:
     run = Path(sys.argv[1])
     cfg = parse_config(QuestionAnsweringConfig, ["--config", "question_answering_minilm_squad"])
-    rows, _ = qa.squad_splits(cfg)
-    _, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, cfg.data.seed_for_split(cfg.training.seed))
+    _, eval_rows, _, _ = qa.question_splits(cfg)
     texts = json.loads((run / "best_spans.json").read_text())
     odds = json.loads((run / "null_odds.json").read_text())
     spans = {i: (texts[i], float("inf") if odds[i] is None else odds[i]) for i in texts}  # None: no valid span

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import chat_rows, write_config, write_jsonl
@@ -107,3 +109,36 @@ def test_memory_estimate_counts_parameters_exactly_and_flags_what_cannot_fit(tin
                                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
     assert estimate(big_config, ModelArguments(use_peft=False), 8, 4096, bf16=True,
                     activation_checkpointing=False).total > 100 * 2**30  # a full 8B run needs far more than 24 GB
+
+
+SPLIT_CASES = {  # rows no held-out split can be cut from, per recipe that splits its own rows
+    "text_classification": ([{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}],
+                            {"eval_split_ratio": 0.5}, r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 2 rows"),
+    "token_classification": ([{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}], {"eval_split_ratio": 0.5},
+                             r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 1 rows"),
+    "seq2seq": ([{"source": "5 March 2021", "target": "2021-03-05"}], {"eval_split_ratio": 0.5},
+                r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 1 rows"),
+    "question_answering": ([{"id": str(i), "context": "Paris is in France.", "question": f"Where is Paris {i}?",
+                             "answers": {"text": ["France"], "answer_start": [12]}} for i in range(3)],
+                           {"eval_split_ratio": 0.5}, "splits by article, and the data has only one"),
+    "prm": ([{"prompt": "1 + 1?", "completions": ["1 + 1 = 2"], "labels": [True]}] * 2, {"eval_split_ratio": 0.5},
+            r"cannot split its 1 problems"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(SPLIT_CASES))
+def test_check_refuses_a_split_the_rows_cannot_meet_as_train_does(tmp_path, tiny_model_dir, tiny_bert_dir, capsys,
+                                                                     recipe):
+    # `check` once said "clean" here and `train` then stopped at the split: both now run the recipe's own split.
+    rows, extra, message = SPLIT_CASES[recipe]
+    model = {"prm": str(tiny_model_dir), "seq2seq": "google-t5/t5-small"}.get(recipe, str(tiny_bert_dir))
+    cfg = {"recipe": recipe, "model_name_or_path": model, "dataset_name": str(write_jsonl(tmp_path / "d.jsonl", rows)),
+           "output_dir": str(tmp_path / "o"), "max_steps": 1, "report_to": "none", **extra}
+    config = write_config(tmp_path / "c.yaml", cfg)
+    for command in (["check", "--config", config], ["train", recipe, "--config", config]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        out = capsys.readouterr()
+        assert exit_info.value.code == 2, (command, out)
+        assert re.search(message, out.err + out.out) and "Traceback" not in out.err, (command, out)
+    assert not (tmp_path / "o").exists()

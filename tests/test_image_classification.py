@@ -81,3 +81,18 @@ def test_augment_keeps_the_shape():
     x = torch.arange(3 * 16 * 16, dtype=torch.float).view(3, 16, 16)
     out = img.augment(x, "flip_crop", torch.Generator().manual_seed(0))
     assert out.shape == x.shape
+
+
+def test_check_refuses_a_split_the_images_cannot_meet_as_train_does(tmp_path, capsys):
+    # One image a class cannot be stratified into two sides: `check` once said "clean" here, `train` then stopped.
+    from finetune_kit.cli import main as cli_main
+
+    argv = config(tmp_path, write_images(tmp_path / "few", count_per_label=1), eval_split_ratio=0.5,
+                  recipe="image_classification")
+    for command in (["check", *argv], ["train", "image_classification", *argv]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(command)
+        out = capsys.readouterr()
+        assert exit_info.value.code == 2, (command, out)
+        assert "few: eval_split_ratio 0.5 cannot split its 2 rows" in out.err and "Traceback" not in out.err
+    assert not (tmp_path / "run").exists()

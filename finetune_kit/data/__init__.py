@@ -81,6 +81,28 @@ def split(dataset: Dataset, ratio: float, seed: int, where: str, what: str = "ev
                         "lower the ratio or add rows.") from None
 
 
+def split_seed(cfg) -> int:
+    """The seed of held-out splits: split_seed, else the training seed. Read off plain values, so the functions that
+    split (shared by a recipe and the preflight's view of its config) pick the same rows in both."""
+    seed = getattr(cfg.data, "split_seed", None)
+    return cfg.training.seed if seed is None else seed
+
+
+def split_off_validation(rows: dict[str, list], cfg) -> dict[str, list]:
+    """rows["validation"] split off rows["train"] (datasets' seeded split of their indices, as `split` picks them) when
+    no validation rows are given and eval_split_ratio asks. For recipes that check rows before they become datasets
+    (seq2seq, sft_vision): the recipe and the preflight call it alike, so `check` refuses what training would."""
+    from datasets import Dataset
+
+    if "validation" in rows or not cfg.data.eval_split_ratio:
+        return rows
+    train = rows["train"]
+    parts = split(Dataset.from_dict({"row": list(range(len(train)))}), cfg.data.eval_split_ratio, split_seed(cfg),
+                  cfg.data.dataset_name)
+    return {**rows, **{name: [train[i] for i in parts[side]["row"]]
+                       for name, side in (("train", "train"), ("validation", "test"))}}
+
+
 def cap_train(train: Dataset, max_train_samples: int | None) -> Dataset:
     """The first `max_train_samples` training rows. Every recipe caps after its validation / test split, so the
     held-out rows are the same whatever the cap."""

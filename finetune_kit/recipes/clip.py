@@ -59,12 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    rows = it.image_text_rows(cfg)  # every image decoded, every caption checked, before the model loads
+    rows, splits = it.image_text_splits(cfg)  # every image decoded, every caption checked, before the model loads
     set_seed(args.seed)  # adapters start from the same random init on every run and resume
     model, processor = it.load_dual_encoder(cfg.model.model_name_or_path, args.trust_remote_code)
     decisions.add(cfg, caption_length(model.config, decisions.user),
                   text_padding(task, model.config, decisions.user), lora_targets(cfg.model, decisions.user))
-    splits = it.splits_of(rows, cfg, cfg.data.seed_for_split(args.seed))
     _, cut = it.over_limit(processor.tokenizer, list(splits["train"]["caption"]), task.max_length)
     if cut:
         print(f"{cfg.data.dataset_name}: {cut} of {len(splits['train'])} captions are longer than max_length="

@@ -13,7 +13,6 @@ labels; `freeze_layers` freezes the lower layers (ViT) or stages (timm), LoRA ke
 from __future__ import annotations
 
 import torch
-from datasets import Dataset
 from transformers import Trainer, set_seed
 
 from finetune_kit.config import parse_config
@@ -34,12 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    _, examples, names = img.labelled_images(cfg)  # every image and label, before the model loads
-    # Images stay as they are (paths or PIL objects) in a side list; the dataset holds their index.
+    examples, names, splits = img.labelled_image_splits(cfg)  # every image, label and split, before the model loads
+    # Images stay as they are (paths or PIL objects) in a side list; the datasets hold their index.
     images = [e["image"] for e in examples]
-    data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
-    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, task.test_split_ratio,
-                                   cfg.data.seed_for_split(args.seed), stratify=True, source=cfg.data.dataset_name)
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume

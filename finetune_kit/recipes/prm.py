@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task, data = cfg.training, cfg.task, cfg.data
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    train_rows, eval_rows, test_rows = steps.step_rows(cfg)  # every row checked, before the model loads
-    if eval_rows is None and data.eval_split_ratio:  # whole problems held out: no prompt on both sides
-        train_rows, eval_rows = steps.split_by_problem(train_rows, data.eval_split_ratio,
-                                                       data.seed_for_split(args.seed), data.dataset_name)
+    train_rows, eval_rows, test_rows = steps.step_splits(cfg)  # every row checked and split, before the model loads
     train_rows = train_rows[:data.max_train_samples] if data.max_train_samples else train_rows
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,

@@ -13,7 +13,6 @@ Left unset, that threshold is chosen after training for the best F1 on paragraph
 
 from __future__ import annotations
 
-import random
 
 from datasets import Dataset
 from transformers import (
@@ -26,7 +25,7 @@ from transformers import (
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import QuestionAnsweringConfig
 from finetune_kit.decisions import Decision, Decisions
-from finetune_kit.errors import DataError, run_cli
+from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.metrics import load_metric
 from finetune_kit.models import load_tokenizer, resolve_checkpoint, with_task_adapters
@@ -35,39 +34,15 @@ from finetune_kit.tasks import qa
 from finetune_kit.trainer_setup import prepare_trainer
 
 
-def hold_out(rows: list[dict], key: str, ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """`ratio` of the groups of rows sharing `key` (at least one, none when there is only one group) apart, whole."""
-    groups = sorted({r[key] for r in rows})
-    random.Random(seed).shuffle(groups)
-    held = set(groups[: max(1, round(ratio * len(groups)))]) if len(groups) > 1 else set()
-    return [r for r in rows if r[key] not in held], [r for r in rows if r[key] in held]
-
-
-def split_by_article(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    if len({r["title"] for r in rows}) < 2:
-        raise DataError("eval_split_ratio splits by article, and the data has only one; give eval_dataset_name.")
-    return hold_out(rows, "title", ratio, seed)
-
-
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(QuestionAnsweringConfig, argv)
     decisions = Decisions(cfg, argv)  # what was chosen for keys left unset: printed, recorded in run_info.json
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    rows, given_eval = qa.squad_splits(cfg)
-    if given_eval is not None:
-        train_rows, eval_rows = rows, given_eval
-    elif cfg.data.eval_split_ratio:
-        train_rows, eval_rows = split_by_article(rows, cfg.data.eval_split_ratio, cfg.data.seed_for_split(args.seed))
-    else:
-        train_rows, eval_rows = rows, []
-    version_2 = task.version_2_with_negative or any(not r["answers"]["text"] for r in rows)
+    # Every question checked; held out by article (evaluation) and by paragraph (null calibration), whole.
+    train_rows, eval_rows, calibration, version_2 = qa.question_splits(cfg)
     choose_threshold = version_2 and task.null_score_threshold is None
-    calibration = []
-    if choose_threshold and task.null_calibration_ratio:  # whole paragraphs: no calibration context is trained on
-        train_rows, calibration = hold_out(train_rows, "context", task.null_calibration_ratio,
-                                           cfg.data.seed_for_split(args.seed) + 1)
     train_rows = train_rows[: cfg.data.max_train_samples or None]
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,

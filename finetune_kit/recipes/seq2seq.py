@@ -20,7 +20,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqT
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_seq2seq import Seq2SeqRecipeConfig
-from finetune_kit.data import cap_train, split
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decision, Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -48,18 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.predict_with_generate:
         s2s.require_metric_packages()
 
-    rows = s2s.pair_rows(cfg)  # every row of every file, checked before the tokenizer and the model load
+    rows = s2s.pair_splits(cfg)  # every row of every file checked, and split, before the tokenizer and the model load
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
-    for name, file in (("train", cfg.data.dataset_name), ("validation", cfg.data.eval_dataset_name),
+    for name, file in (("train", cfg.data.dataset_name),
+                       ("validation", cfg.data.eval_dataset_name or cfg.data.dataset_name),  # or split off train
                        ("test", task.test_dataset_name)):
         if name in rows:  # a target over max_target_length: refused, cut or dropped (counted), as task keys say
             rows[name], _ = s2s.within_target_limit(rows[name], tokenizer, task, cfg.data.skip_invalid_rows, file)
     splits = {name: Dataset.from_list([pair for _, pair in part]) for name, part in rows.items()}
-    if "validation" not in splits and cfg.data.eval_split_ratio:
-        parts = split(splits["train"], cfg.data.eval_split_ratio, cfg.data.seed_for_split(args.seed),
-                      cfg.data.dataset_name)
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
     splits = {name: part.map(s2s.encoder(tokenizer, task), batched=True, remove_columns=part.column_names)
               for name, part in splits.items()}

@@ -21,7 +21,7 @@ from trl import SFTTrainer, get_peft_config
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_vision_chat import VisionSFTRecipeConfig
-from finetune_kit.data import cap_train, split
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decision, Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = cfg.training
     # Everything checkable happens before weights load: output folder, every row and image, every row's tokens.
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
-    rows = vc.chat_rows(cfg)
+    rows = vc.chat_splits(cfg)  # every row read, every image decoded, validation split off, before weights load
     processor = vc.load_processor(cfg.model, args)
     decisions.add(cfg, vc.answers_only(args, processor), activation_checkpointing(decisions.user))
 
@@ -56,10 +56,6 @@ def main(argv: list[str] | None = None) -> dict:
                                                                args, cfg.data.skip_invalid_rows, label)
         for warning in vc.cut_warnings(label, len(splits[name]), cut, no_answer, args.max_length):
             print(warning)
-    if "validation" not in splits and cfg.data.eval_split_ratio:
-        parts = split(splits["train"], cfg.data.eval_split_ratio, cfg.data.seed_for_split(args.seed),
-                      cfg.data.dataset_name)
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
 
     set_seed(args.seed)  # adapters start from the same random init on every run and resume

@@ -13,7 +13,6 @@ split's metrics and a per-class report land in `eval_results.json`.
 from __future__ import annotations
 
 import torch
-from datasets import Dataset
 from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
@@ -51,11 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    _, examples, problem, names = clf.labelled_examples(cfg)  # every row, before the model loads
-    splits = clf.stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
-                                   task.test_split_ratio, cfg.data.seed_for_split(args.seed),
-                                   stratify=problem == clf.SINGLE, source=cfg.data.dataset_name)
-    splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
+    splits, problem, names = clf.labelled_splits(cfg)  # every row read, labelled and split, before the model loads
     splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
     if task.sampling in ("oversample", "undersample"):
         splits["train"] = clf.resample(splits["train"], task.sampling, args.seed)

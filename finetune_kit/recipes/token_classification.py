@@ -11,7 +11,6 @@ recall and F1 come from seqeval through a local evaluate module.
 
 from __future__ import annotations
 
-from datasets import Dataset
 from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
@@ -21,7 +20,7 @@ from transformers import (
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import TokenClassificationConfig
-from finetune_kit.data import cap_train, split
+from finetune_kit.data import cap_train
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import UserError, run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -37,17 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    train_rows, eval_rows, test_rows, names = tok.tagged_rows(cfg)  # every row, before the model loads
+    train, evaluation, test, names = tok.tagged_splits(cfg)  # every row read and split, before the model loads
     index = {n: i for i, n in enumerate(names)}
     b_to_i = {index[n]: index["I-" + n[2:]] for n in names if n.startswith("B-") and "I-" + n[2:] in index}
-    train = Dataset.from_list(train_rows)
-    if eval_rows is not None:
-        evaluation = Dataset.from_list(eval_rows)
-    elif cfg.data.eval_split_ratio:
-        parts = split(train, cfg.data.eval_split_ratio, args.seed, cfg.data.dataset_name)
-        train, evaluation = parts["train"], parts["test"]
-    else:
-        evaluation = None
     train = cap_train(train, cfg.data.max_train_samples)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
@@ -64,7 +55,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     train = train.map(encode, batched=True, remove_columns=train.column_names)
     evaluation = evaluation.map(encode, batched=True, remove_columns=evaluation.column_names) if evaluation else None
-    test = Dataset.from_list(test_rows) if test_rows else None
     test = test.map(encode, batched=True, remove_columns=test.column_names) if test is not None else None
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume

@@ -118,6 +118,22 @@ def labelled_examples(cfg):
     return wheres, examples, problem, names
 
 
+def labelled_splits(cfg) -> tuple[dict, str, list[str]]:
+    """labelled_examples, then the train / validation / test datasets the recipe trains on (stratified for single-label
+    data; validation / test files as given): (splits, problem type, label names). By the text_classification recipe
+    and the preflight (recipe table `data_check`), so `check` refuses a ratio the rows cannot meet, as training would."""
+    from datasets import Dataset
+
+    from finetune_kit.data import split_seed
+
+    _, examples, problem, names = labelled_examples(cfg)
+    splits = stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
+                               cfg.task.test_split_ratio, split_seed(cfg), stratify=problem == SINGLE,
+                               source=cfg.data.dataset_name)
+    splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
+    return splits, problem, names
+
+
 def stratified_splits(dataset: Dataset, eval_ratio: float, test_ratio: float, seed: int, stratify: bool,
                       source: str = "the data"):
     """train / validation / test, each keeping the class ratios when `stratify` (single-label data)."""

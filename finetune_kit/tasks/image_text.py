@@ -79,6 +79,15 @@ def image_text_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
     return out
 
 
+def image_text_splits(cfg) -> tuple[dict, dict]:
+    """image_text_rows and the train / validation split of them: by the clip recipe and the preflight (recipe table
+    `data_check`), so `check` refuses a ratio the rows cannot meet, as training would."""
+    from finetune_kit.data import split_seed
+
+    rows = image_text_rows(cfg)
+    return rows, splits_of(rows, cfg, split_seed(cfg))
+
+
 def splits_of(rows: dict, cfg, seed: int) -> dict:
     """train / validation `datasets.Dataset`s of {image, caption, label}: a separate validation file, or a seeded
     split of the training rows (stratified by label for an image folder)."""

@@ -88,6 +88,22 @@ def labelled_images(cfg):
     return [w for w, _ in rows], examples, names
 
 
+def labelled_image_splits(cfg) -> tuple[list, list[str], dict]:
+    """labelled_images, then the stratified train / validation / test split of their indices: (examples, label names,
+    splits of {index, label}). By the image_classification recipe and the preflight (recipe table `data_check`), so
+    `check` refuses a ratio the images cannot meet, as training would."""
+    from datasets import Dataset
+
+    from finetune_kit.data import split_seed
+    from finetune_kit.tasks import classification as clf
+
+    _, examples, names = labelled_images(cfg)
+    data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
+    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, cfg.task.test_split_ratio, split_seed(cfg),
+                                   stratify=True, source=cfg.data.dataset_name)
+    return examples, names, splits
+
+
 def load_image(value):
     from PIL import Image
 

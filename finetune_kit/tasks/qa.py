@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,42 @@ def squad_splits(cfg) -> tuple[list[dict], list[dict] | None]:
     question_answering recipe and the preflight (recipe table `data_check`)."""
     evaluation = read_squad(cfg.data.eval_dataset_name) if cfg.data.eval_dataset_name else None
     return read_squad(cfg.data.dataset_name), evaluation
+
+
+def hold_out(rows: list[dict], key: str, ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """`ratio` of the groups of rows sharing `key` (at least one, none when there is only one group) apart, whole."""
+    groups = sorted({r[key] for r in rows})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, round(ratio * len(groups)))]) if len(groups) > 1 else set()
+    return [r for r in rows if r[key] not in held], [r for r in rows if r[key] in held]
+
+
+def split_by_article(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    if len({r["title"] for r in rows}) < 2:
+        raise DataError("eval_split_ratio splits by article, and the data has only one; give eval_dataset_name.")
+    return hold_out(rows, "title", ratio, seed)
+
+
+def question_splits(cfg) -> tuple[list[dict], list[dict], list[dict], bool]:
+    """Training, evaluation and null-calibration questions, and whether the data is v2 (has unanswerable questions).
+    Evaluation: eval_dataset_name, else eval_split_ratio of the articles, whole. Calibration (v2, threshold left
+    unset): null_calibration_ratio of the training paragraphs, whole, so no calibration context is trained on. By the
+    question_answering recipe and the preflight (recipe table `data_check`): `check` refuses what training would."""
+    from finetune_kit.data import split_seed
+
+    rows, given_eval = squad_splits(cfg)
+    seed, task = split_seed(cfg), cfg.task
+    if given_eval is not None:
+        train, evaluation = rows, given_eval
+    elif cfg.data.eval_split_ratio:
+        train, evaluation = split_by_article(rows, cfg.data.eval_split_ratio, seed)
+    else:
+        train, evaluation = rows, []
+    version_2 = bool(task.version_2_with_negative) or any(not r["answers"]["text"] for r in rows)
+    calibration = []
+    if version_2 and task.null_score_threshold is None and task.null_calibration_ratio:
+        train, calibration = hold_out(train, "context", task.null_calibration_ratio, seed + 1)
+    return train, evaluation, calibration, version_2
 
 
 def _windows(tokenizer, batch, max_length: int, stride: int, padding: str | bool = "max_length"):

@@ -73,6 +73,15 @@ def pair_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
     return out
 
 
+def pair_splits(cfg) -> dict[str, list[tuple[str, dict]]]:
+    """pair_rows, with validation rows split off the training rows when eval_split_ratio asks (datasets' seeded
+    split): by the seq2seq recipe and the preflight (recipe table `data_check`), so `check` refuses a ratio the rows
+    cannot meet, as training would."""
+    from finetune_kit.data import split_off_validation
+
+    return split_off_validation(pair_rows(cfg), cfg)
+
+
 def with_prefix(text: str, prefix: str | None) -> str:
     return (prefix or "") + text
 

@@ -62,6 +62,17 @@ def step_rows(cfg) -> tuple[list[dict], list[dict] | None, list[dict] | None]:
     return train, evaluation, test
 
 
+def step_splits(cfg) -> tuple[list[dict], list[dict] | None, list[dict] | None]:
+    """step_rows, then whole problems held out when eval_split_ratio asks: by the prm recipe and the preflight (recipe
+    table `data_check`), so `check` refuses a ratio the problems cannot meet, as training would."""
+    from finetune_kit.data import split_seed
+
+    train, evaluation, test = step_rows(cfg)
+    if evaluation is None and cfg.data.eval_split_ratio:  # whole problems held out: no prompt on both sides
+        train, evaluation = split_by_problem(train, cfg.data.eval_split_ratio, split_seed(cfg), cfg.data.dataset_name)
+    return train, evaluation, test
+
+
 def split_by_problem(rows: list[dict], ratio: float, seed: int, where: str) -> tuple[list[dict], list[dict]]:
     """Hold out `ratio` of the problems (rows sharing a prompt), seeded: no problem is on both sides, so held-out
     scores measure problems the model has not seen."""

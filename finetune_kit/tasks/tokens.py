@@ -80,6 +80,24 @@ def tagged_rows(cfg):
     return train, evaluation, test, tag_names(train + (evaluation or []) + (test or []))
 
 
+def tagged_splits(cfg):
+    """tagged_rows as datasets, with validation split off the training rows when eval_split_ratio asks: (train,
+    validation or None, test or None, tag names). By the token_classification recipe and the preflight (recipe table
+    `data_check`), so `check` refuses a ratio the rows cannot meet, as training would."""
+    from datasets import Dataset
+
+    from finetune_kit.data import split, split_seed
+
+    train_rows, eval_rows, test_rows, names = tagged_rows(cfg)
+    train, evaluation = Dataset.from_list(train_rows), None
+    if eval_rows is not None:
+        evaluation = Dataset.from_list(eval_rows)
+    elif cfg.data.eval_split_ratio:
+        parts = split(train, cfg.data.eval_split_ratio, split_seed(cfg), cfg.data.dataset_name)
+        train, evaluation = parts["train"], parts["test"]
+    return train, evaluation, Dataset.from_list(test_rows) if test_rows else None, names
+
+
 def tag_names(rows: list[dict]) -> list[str]:
     """Every tag seen, 'O' first, then entity tags grouped by type (B- before I-)."""
     tags = {t for r in rows for t in r["tags"]}

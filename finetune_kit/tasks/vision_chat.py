@@ -120,6 +120,14 @@ def open_images(where: str, row: dict) -> None:
             check_images([(f"{where}: images[{i}]", {"image": image})])
 
 
+def chat_splits(cfg) -> dict[str, list[tuple[str, dict]]]:
+    """chat_rows, with validation rows split off the training rows when eval_split_ratio asks: by the sft_vision recipe
+    and the preflight (recipe table `data_check`), so `check` refuses a ratio the rows cannot meet, as training would."""
+    from finetune_kit.data import split_off_validation
+
+    return split_off_validation(chat_rows(cfg), cfg)
+
+
 def chat_rows(cfg) -> dict[str, list[tuple[str, dict]]]:
     """Every training and validation row as (where, {messages, images}), every image decoded, before any model loads.
     The recipe and the preflight (recipe table `data_check`) both call it. skip_invalid_rows drops bad rows (counted)."""
