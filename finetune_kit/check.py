@@ -21,8 +21,10 @@ from finetune_kit.data import (
     end_of_turn_is_trained,
     load_sft_datasets,
     pairs_with_answer_room,
+    require_both_labels,
     tokenize_sft_dataset,
 )
+from finetune_kit.data.chat import read_chat_template
 from finetune_kit.preflight import preflight
 from finetune_kit.runs import check_output_dir
 
@@ -94,6 +96,8 @@ def check(argv: list[str] | None) -> int:
     args = cfg.training
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                revision=cfg.model.model_revision, trust_remote_code=args.trust_remote_code)
+    if getattr(args, "chat_template_path", None):  # measured as train renders the rows: with the given template
+        tokenizer.chat_template = read_chat_template(args.chat_template_path)
     streaming = "streaming" not in row.unread and cfg.data.streaming
     train, evaluation = load_sft_datasets(cfg.data, seed=args.seed, normaliser=ROW_NORMALISERS[row.rows],
                                           streaming=streaming)
@@ -102,6 +106,8 @@ def check(argv: list[str] | None) -> int:
 
         train = Dataset.from_list(list(train.take(STREAM_CHECK_ROWS)))
         print(f"streaming: the first {len(train)} training rows are checked (train validates every row as it reads it)")
+    if row.rows == "unpaired":  # KTO's own refusal, made before its model loads
+        require_both_labels(train, cfg.data.source_label())
     if row.keeps_prompt_whole:  # the recipe's own filter: what train refuses, check refuses; what it drops, it counts
         train = pairs_with_answer_room(train, tokenizer, args.max_length or 512, cfg.data.skip_invalid_rows,
                                        cfg.data.source_label())

@@ -164,6 +164,7 @@ def preflight(row: recipes.Recipe, argv: list[str]) -> None:
 def _files(row: recipes.Recipe, cfg) -> None:
     """The output folder; every data row of local files; for the decoder stages, the model and tokenizer folders."""
     from finetune_kit.data import NO_CHAT_TEMPLATE, ROW_NORMALISERS, load_rows, mixing
+    from finetune_kit.data.chat import read_chat_template
     from finetune_kit.data.readers import is_local
     from finetune_kit.model_files import (
         EMBEDDED,
@@ -199,6 +200,8 @@ def _files(row: recipes.Recipe, cfg) -> None:
     if tokenizer and tokenizer not in EMBEDDED:
         require_model_reference(tokenizer)
         require_tokenizer_files(tokenizer, str(Path(tokenizer).expanduser()))
+    if getattr(training, "chat_template_path", None):
+        read_chat_template(training.chat_template_path)
     rewards = getattr(cfg, "rewards", None)  # the online-RL recipes
     if rewards is not None:
         require_reward_sources(rewards.reward_model, rewards.reward_functions)

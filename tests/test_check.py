@@ -83,6 +83,19 @@ def test_check_names_a_bad_preference_row_and_an_explicit_recipe(tmp_path, tiny_
     assert exit_info.value.code == 2 and "d.jsonl line 2: 'chosen' and 'rejected' are identical" in err
 
 
+def test_check_refuses_kto_rows_of_one_label_as_train_does(tmp_path, tiny_model_dir, capsys):
+    rows = [{"prompt": f"Say {w}", "completion": w, "label": True} for w in "abcdef"]
+    cfg = {"recipe": "kto", "model_name_or_path": str(tiny_model_dir), "use_peft": True, "max_steps": 1,
+           "dataset_name": str(write_jsonl(tmp_path / "d.jsonl", rows)), "output_dir": str(tmp_path / "o")}
+    config = write_config(tmp_path / "c.yaml", cfg)
+    for command in (["check", "--config", config], ["train", "kto", "--config", config]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "d.jsonl: every training row has label True; KTO needs both" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_memory_estimate_counts_parameters_exactly_and_flags_what_cannot_fit(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -111,26 +124,32 @@ def test_memory_estimate_counts_parameters_exactly_and_flags_what_cannot_fit(tin
                     activation_checkpointing=False).total > 100 * 2**30  # a full 8B run needs far more than 24 GB
 
 
-SPLIT_CASES = {  # rows no held-out split can be cut from, per recipe that splits its own rows
-    "text_classification": ([{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}],
+SPLIT_CASES = {  # case: recipe, rows, keys, the error; rows a recipe's own split or blocks cannot be made from
+    "text_classification": ("text_classification", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}],
                             {"eval_split_ratio": 0.5}, r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 2 rows"),
-    "token_classification": ([{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}], {"eval_split_ratio": 0.5},
-                             r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 1 rows"),
-    "seq2seq": ([{"source": "5 March 2021", "target": "2021-03-05"}], {"eval_split_ratio": 0.5},
+    "token_classification": ("token_classification", [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}],
+                             {"eval_split_ratio": 0.5}, r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 1 rows"),
+    "seq2seq": ("seq2seq", [{"source": "5 March 2021", "target": "2021-03-05"}], {"eval_split_ratio": 0.5},
                 r"d\.jsonl: eval_split_ratio 0\.5 cannot split its 1 rows"),
-    "question_answering": ([{"id": str(i), "context": "Paris is in France.", "question": f"Where is Paris {i}?",
-                             "answers": {"text": ["France"], "answer_start": [12]}} for i in range(3)],
-                           {"eval_split_ratio": 0.5}, "splits by article, and the data has only one"),
-    "prm": ([{"prompt": "1 + 1?", "completions": ["1 + 1 = 2"], "labels": [True]}] * 2, {"eval_split_ratio": 0.5},
-            r"cannot split its 1 problems"),
+    "question_answering": ("question_answering", [
+        {"id": str(i), "context": "Paris is in France.", "question": f"Where is Paris {i}?",
+         "answers": {"text": ["France"], "answer_start": [12]}} for i in range(3)], {"eval_split_ratio": 0.5},
+        "splits by article, and the data has only one"),
+    "prm": ("prm", [{"prompt": "1 + 1?", "completions": ["1 + 1 = 2"], "labels": [True]}] * 2,
+            {"eval_split_ratio": 0.5}, r"cannot split its 1 problems"),
+    # masked_lm holds out 10% of its rows even with no ratio given, and needs a block of max_length tokens a side
+    "masked_lm split": ("masked_lm", [{"text": "tiny"}], {}, r"d\.jsonl: eval_split_ratio 0\.1 cannot split its 1 rows"),
+    "masked_lm blocks": ("masked_lm", [{"text": f"tiny text {i}"} for i in range(3)],
+                         {"eval_split_ratio": 0.34, "max_length": 64}, r"d\.jsonl: too little text for one block of 64"),
 }
 
 
-@pytest.mark.parametrize("recipe", sorted(SPLIT_CASES))
+@pytest.mark.parametrize("case", sorted(SPLIT_CASES))
 def test_check_refuses_a_split_the_rows_cannot_meet_as_train_does(tmp_path, tiny_model_dir, tiny_bert_dir, capsys,
-                                                                     recipe):
-    # `check` once said "clean" here and `train` then stopped at the split: both now run the recipe's own split.
-    rows, extra, message = SPLIT_CASES[recipe]
+                                                                     case):
+    # `check` once said "clean" here and `train` then stopped at the split (masked_lm: with a traceback): both now
+    # run the recipe's own split.
+    recipe, rows, extra, message = SPLIT_CASES[case]
     model = {"prm": str(tiny_model_dir), "seq2seq": "google-t5/t5-small"}.get(recipe, str(tiny_bert_dir))
     cfg = {"recipe": recipe, "model_name_or_path": model, "dataset_name": str(write_jsonl(tmp_path / "d.jsonl", rows)),
            "output_dir": str(tmp_path / "o"), "max_steps": 1, "report_to": "none", **extra}
@@ -142,3 +161,15 @@ def test_check_refuses_a_split_the_rows_cannot_meet_as_train_does(tmp_path, tiny
         assert exit_info.value.code == 2, (command, out)
         assert re.search(message, out.err + out.out) and "Traceback" not in out.err, (command, out)
     assert not (tmp_path / "o").exists()
+
+
+def test_check_reads_the_chat_template_train_reads(tmp_path, tiny_model_dir, capsys):
+    code, out = check(tmp_path, tiny_model_dir, capsys, chat_template_path=str(tmp_path / "nope.jinja"))
+    assert code == 2 and "chat_template_path: file not found" in out
+    # The given template is the one measured: this one keeps the end-of-turn token out of the assistant's span.
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{% if not loop.first %}<|im_end|>\n{% endif %}"
+                        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}")
+    code, out = check(tmp_path, tiny_model_dir, capsys, chat_template_path=str(template))
+    assert code == 1 and "outside the loss mask" in out

@@ -16,6 +16,7 @@ from finetune_kit.data.preference import (
     normalise_prompt,
     normalise_unpaired,
     pairs_with_answer_room,
+    require_both_labels,
 )
 from finetune_kit.data.readers import read_rows
 from finetune_kit.errors import DataError, UserError
@@ -39,6 +40,7 @@ __all__ = [
     "normalise_prompt",
     "normalise_unpaired",
     "pairs_with_answer_room",
+    "require_both_labels",
     "tokenize_conversation",
     "tokenize_sft_dataset",
 ]

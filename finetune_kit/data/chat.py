@@ -9,9 +9,22 @@ the model learns to stop, and because the mask is positional, pad == eos cannot 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from finetune_kit.errors import UserError
+
+
+def read_chat_template(path: str) -> str:
+    """The Jinja text of `chat_template_path`: read by the sft recipe, the preflight and `check` alike."""
+    template = Path(path).expanduser()
+    if not template.is_file():
+        raise UserError(f"chat_template_path: file not found: {path}")
+    try:
+        return template.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"chat_template_path {path}: not UTF-8 text ({err.reason} at byte {err.start}); a chat template "
+                        "is a Jinja text file.") from None
 
 
 def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

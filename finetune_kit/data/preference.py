@@ -43,6 +43,16 @@ def normalise_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
     return pair
 
 
+def require_both_labels(dataset, where: str) -> int:
+    """KTO weighs desirable against undesirable rows: training rows of one label only are refused (by the kto recipe
+    and `check` alike). Returns the number of desirable rows."""
+    good = sum(dataset["label"])
+    if good in (0, len(dataset)):
+        raise DataError(f"{where}: every training row has label {bool(good)}; KTO needs both desirable and "
+                        "undesirable examples: add rows of the other label.")
+    return good
+
+
 def normalise_unpaired(row: dict[str, Any], where: str) -> dict[str, Any]:
     """One KTO row: prompt, completion and a boolean label (true: desirable)."""
     label = row.get("label")

@@ -186,7 +186,8 @@ RECIPES: list[Recipe] = [
            checks=(*_COMMON, cc.stride_below_window, cc.null_calibration_in_range), data_check="finetune_kit.tasks.qa:question_splits"),
     Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
            f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
-           checks=(*_COMMON, cc.mlm_probability_in_range)),
+           checks=(*_COMMON, cc.mlm_probability_in_range), data_check="finetune_kit.tasks.mlm:text_splits",
+           length_check="finetune_kit.tasks.mlm:check_blocks"),
     Recipe("seq2seq", "seq2seq fine-tuning of an encoder-decoder model (T5, BART, Marian, mT5): translation, "
            "summarization, text-to-text; generation-based evaluation",
            "finetune_kit.config_seq2seq:Seq2SeqRecipeConfig", "encoder-decoder", unread=_SEQ2SEQ_UNREAD,

@@ -17,9 +17,9 @@ from trl import KTOTrainer, get_peft_config
 from finetune_kit import recipes
 from finetune_kit.config import parse_config
 from finetune_kit.config_decoder import KTORecipeConfig
-from finetune_kit.data import load_sft_datasets, normalise_unpaired
+from finetune_kit.data import load_sft_datasets, normalise_unpaired, require_both_labels
 from finetune_kit.decisions import Decisions
-from finetune_kit.errors import DataError, run_cli
+from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.memory import activation_checkpointing
 from finetune_kit.models import load_causal_lm, load_reference_model, load_tokenizer
@@ -35,10 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
     train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_unpaired)
-    good = sum(train_dataset["label"])
-    if good in (0, len(train_dataset)):
-        raise DataError(f"{cfg.data.source_label()}: every training row has label {bool(good)}; KTO needs both "
-                        "desirable and undesirable examples.")
+    good = require_both_labels(train_dataset, cfg.data.source_label())
     print(f"KTO data: {good} desirable, {len(train_dataset) - good} undesirable training rows")
 
     decisions.add(cfg, activation_checkpointing(cfg, decisions.user, args.max_length or 1024,

@@ -12,9 +12,7 @@ after training.
 from __future__ import annotations
 
 import math
-from itertools import chain
 
-from datasets import Dataset
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
@@ -24,23 +22,13 @@ from transformers import (
 
 from finetune_kit.config import parse_config
 from finetune_kit.config_tasks import MaskedLMConfig
-from finetune_kit.data import cap_train, read_rows
 from finetune_kit.decisions import Decisions
-from finetune_kit.errors import DataError, run_cli
+from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.models import load_tokenizer, resolve_checkpoint, with_task_adapters
 from finetune_kit.runs import check_output_dir, finish_run
+from finetune_kit.tasks import mlm
 from finetune_kit.trainer_setup import prepare_trainer
-
-
-def texts_of(source: str, column: str) -> list[str]:
-    texts = []
-    for where, row in read_rows(source):
-        value = row.get(column)
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{where}: field '{column}' must be non-empty text.")
-        texts.append(value)
-    return texts
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,39 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     args, task = cfg.training, cfg.task
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
 
-    texts = texts_of(cfg.data.dataset_name, task.text_column)
-    data = Dataset.from_dict({"text": texts})
-    if cfg.data.eval_dataset_name:
-        splits = {"train": data, "test": Dataset.from_dict({"text": texts_of(cfg.data.eval_dataset_name,
-                                                                             task.text_column)})}
-    else:
-        splits = data.train_test_split(test_size=cfg.data.eval_split_ratio or 0.1,
-                                       seed=cfg.data.seed_for_split(args.seed))
-    splits["train"] = cap_train(splits["train"], cfg.data.max_train_samples)
+    splits = mlm.text_splits(cfg)  # every row read and the held-out text split off, before the model loads
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
-    block = task.max_length
-
-    def tokenize(batch):
-        if task.line_by_line:
-            return tokenizer(batch["text"], truncation=True, max_length=block, return_special_tokens_mask=True)
-        return tokenizer(batch["text"], return_special_tokens_mask=True)
-
-    def group(batch):
-        # Concatenate documents and cut into full blocks; the tail shorter than a block is dropped.
-        joined = {k: list(chain.from_iterable(v)) for k, v in batch.items()}
-        usable = len(joined["input_ids"]) // block * block
-        return {k: [v[i:i + block] for i in range(0, usable, block)] for k, v in joined.items()}
-
-    def prepare(split):
-        out = split.map(tokenize, batched=True, remove_columns=["text"])
-        return out if task.line_by_line else out.map(group, batched=True)
-
-    train, held_out = prepare(splits["train"]), prepare(splits["test"])
-    if len(train) == 0 or len(held_out) == 0:
-        raise DataError(f"{cfg.data.dataset_name}: too little text for one block of {block} tokens per split; "
-                        "lower max_length or set line_by_line: true.")
+    train, held_out = mlm.blocks(splits, tokenizer, task, cfg.data.dataset_name)
 
     set_seed(args.seed)  # new heads / adapters start from the same random init on every run and resume
     model = AutoModelForMaskedLM.from_pretrained(resolve_checkpoint(cfg.model.model_name_or_path, whole=True),

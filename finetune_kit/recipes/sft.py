@@ -12,8 +12,6 @@ model), the tokenizer, the resolved config, versions, and a model card.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
@@ -25,8 +23,9 @@ from finetune_kit.data import (
     require_replies_within,
     tokenize_sft_dataset,
 )
+from finetune_kit.data.chat import read_chat_template
 from finetune_kit.decisions import Decisions
-from finetune_kit.errors import UserError, run_cli
+from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
 from finetune_kit.hardware import fast_path_decisions
 from finetune_kit.memory import activation_checkpointing, longest_sequence
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
         trust_remote_code=args.trust_remote_code,
     )
     if args.chat_template_path:
-        tokenizer.chat_template = _read_chat_template(args.chat_template_path)
+        tokenizer.chat_template = read_chat_template(args.chat_template_path)
         args.chat_template_path = None  # applied here, so trl must not apply it again
 
     train_rows, eval_rows = load_sft_datasets(cfg.data, seed=args.seed, streaming=cfg.data.streaming)
@@ -79,13 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(trainer.evaluate())
     finish_run(trainer, cfg, "sft", metrics, decisions)
     return metrics
-
-
-def _read_chat_template(path: str) -> str:
-    template = Path(path)
-    if not template.is_file():
-        raise UserError(f"chat_template_path: file not found: {path}")
-    return template.read_text()
 
 
 if __name__ == "__main__":
