@@ -9,6 +9,7 @@ typed config. So this module imports nothing, and a check reads only plain value
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 
 def quantization_is_exclusive(cfg) -> str | None:
@@ -96,6 +97,43 @@ def trains_something(cfg) -> str | None:
     if not args.num_train_epochs > 0:
         return (f"num_train_epochs is {args.num_train_epochs} and max_steps is not set: the run would train nothing; "
                 "set num_train_epochs > 0 or max_steps > 0.")
+    return None
+
+
+# Keys naming what a run reads (local paths among hub ids): output_dir must not be one of them or hold one.
+INPUT_KEYS = ("model_name_or_path", "tokenizer_name_or_path", "ref_model_name_or_path", "teacher_model_name_or_path",
+              "reward_model", "dataset_name", "eval_dataset_name", "test_dataset_name", "zero_shot_dataset_name",
+              "chat_template_path")
+
+
+def _inputs(cfg):
+    """(key, value) of every input a config names, the sources of a mixture and reward function files included."""
+    for part in vars(cfg).values():
+        for key in INPUT_KEYS:
+            value = getattr(part, key, None)
+            if isinstance(value, str):
+                yield key, value
+        for source in getattr(part, "datasets", None) or []:
+            if isinstance(source, dict) and isinstance(source.get("dataset_name"), str):
+                yield "datasets: dataset_name", source["dataset_name"]
+        for spec in getattr(part, "reward_functions", None) or []:
+            if isinstance(spec, str) and spec.rpartition(":")[0].endswith(".py"):
+                yield "reward_functions", spec.rpartition(":")[0]
+
+
+def output_apart_from_inputs(cfg) -> str | None:
+    """A run writing into the folder it reads from would replace its own model or data (overwrite_output_dir sets the
+    old folder aside and deletes it after the first step; a new adapter there would name itself as its base)."""
+    output_dir = getattr(getattr(cfg, "training", None), "output_dir", None)
+    if not output_dir:
+        return None
+    out = Path(output_dir).expanduser().resolve()
+    for key, value in _inputs(cfg):
+        path = Path(value).expanduser()
+        if path.exists() and (path.resolve() == out or out in path.resolve().parents):
+            where = "is" if path.resolve() == out else "holds"
+            return (f"output_dir {output_dir} {where} {key} {value}: the run would replace what it reads. Choose "
+                    "another output_dir (to continue a run, give --resume_from_checkpoint).")
     return None
 
 
@@ -427,6 +465,7 @@ COMMON_CHECKS = (
     batch_sizes_positive,
     trains_something,
     numbers_in_range,
+    output_apart_from_inputs,
     lora_values_in_range,
     lengths_positive,
     attention_known,

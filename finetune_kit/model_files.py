@@ -67,6 +67,20 @@ def read_adapter_config(folder: Path) -> dict | None:
     return config
 
 
+def require_adapter_chain_ends(path: str, folder: Path) -> None:
+    """An adapter's base may be another adapter run (SFT -> PPO), whose base is loaded first, and so on: the chain must
+    reach a model. A loop (a run once trained into the folder it started from names itself as its base) was a
+    RecursionError in the loaders."""
+    seen: list[Path] = []
+    while folder.is_dir() and (adapter := read_adapter_config(folder)) is not None:
+        if folder.resolve() in seen:
+            raise UserError(f"{path}: the adapter's base model ({adapter['base_model_name_or_path']}) is itself or an "
+                            "adapter based on it, so it cannot load: the run it was trained from was replaced. Train "
+                            "again from the original base into a new output_dir.")
+        seen.append(folder.resolve())
+        folder = Path(adapter["base_model_name_or_path"]).expanduser()
+
+
 def require_known_adapter(path: str, adapter: dict) -> None:
     """An adapter_config.json naming a peft_type this peft does not have failed with a bare KeyError inside peft.
     Imports peft: called where the adapter is about to load, not by the preflight."""

@@ -25,6 +25,7 @@ from finetune_kit.model_files import (  # noqa: F401 - some re-exported
     TOKENIZER_FILES,
     checkpoint_task,
     read_adapter_config,
+    require_adapter_chain_ends,
     require_full_checkpoint,
     require_known_adapter,
     require_model_reference,
@@ -188,6 +189,7 @@ def _load(auto_class, model_args, trust_remote_code: bool, **kwargs):
     quant = get_quantization_config(model_args)  # bitsandbytes 4/8-bit settings, or None
     adapter = read_adapter_config(Path(resolved)) if Path(resolved).is_dir() else None
     if adapter is not None:  # an adapter run (e.g. SFT before DPO / PPO): train on top of base + adapter merged
+        require_adapter_chain_ends(model_args.model_name_or_path, Path(resolved))
         if quant is not None:
             raise UserError(f"{model_args.model_name_or_path} is a LoRA adapter; to quantize it, merge it first "
                             f"(finetune-kit export --model {model_args.model_name_or_path} --out merged).")
@@ -322,6 +324,7 @@ def load_for_inference(path: str, trust_remote_code: bool = False, merge: bool =
             import_timm()  # before transformers imports it for the TimmWrapper classes
     if adapter is not None:
         require_known_adapter(path, adapter)
+        require_adapter_chain_ends(path, resolved)
     try:
         # A classifier run saves its config (labels, head size) beside the adapter; the base must load with it.
         config = {"config": transformers.AutoConfig.from_pretrained(resolved)} \

@@ -169,6 +169,7 @@ def _files(row: recipes.Recipe, cfg) -> None:
     from finetune_kit.model_files import (
         EMBEDDED,
         has_chat_template,
+        require_adapter_chain_ends,
         require_full_checkpoint,
         require_model_reference,
         require_tokenizer_files,
@@ -196,6 +197,7 @@ def _files(row: recipes.Recipe, cfg) -> None:
     if model.model_name_or_path and model.model_name_or_path not in EMBEDDED:
         require_model_reference(model.model_name_or_path)
         require_weights(model.model_name_or_path, str(Path(model.model_name_or_path).expanduser()))
+        require_adapter_chain_ends(model.model_name_or_path, Path(model.model_name_or_path).expanduser())
     tokenizer = model.tokenizer_name_or_path or model.model_name_or_path
     if tokenizer and tokenizer not in EMBEDDED:
         require_model_reference(tokenizer)

@@ -106,6 +106,19 @@ def grpo(e, **cfg):
     return "grpo", {**{k: v for k, v in base.items() if k not in ("rollout_batch_size", "mini_batch_size")}, **cfg}
 
 
+def self_based_adapter(e) -> str:
+    """An adapter folder naming itself as its base: what training into the folder a run started from once left."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = e["tmp"] / "self-based"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder),
+                                                            "peft_type": "LORA"}))
+    save_file({"x": torch.zeros(1)}, str(folder / "adapter_model.safetensors"))
+    return str(folder)
+
+
 def write(e, name: str, text: str) -> str:
     path = e["tmp"] / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +382,16 @@ CASES = {
     "negative weight decay": (lambda e: sft(e, weight_decay=-1), r"weight_decay must be a number at least 0", False),
     "negative NEFTune alpha": (lambda e: sft(e, neftune_noise_alpha=-5), r"neftune_noise_alpha must be .* above 0",
                                False),
+    "train into the run it starts from": (
+        lambda e: sft(e, model_name_or_path=str(e["out"]), output_dir=str(e["out"]), overwrite_output_dir=True),
+        r"output_dir .*out is model_name_or_path .*out: the run would replace what it reads", False),
+    "overwrite the folder that holds the data": (
+        lambda e: sft(e, dataset_name=write(e, "out/d.jsonl", json.dumps({"text": "a b"}) + "\n"),
+                      output_dir=str(e["out"]), overwrite_output_dir=True),
+        r"output_dir .*out holds dataset_name .*out/d\.jsonl: the run would replace what it reads", False),
+    "train from an adapter that names itself as its base": (
+        lambda e: sft(e, model_name_or_path=self_based_adapter(e), tokenizer_name_or_path=e["llama"]),
+        r"self-based: the adapter's base model .* is itself or an adapter based on it", False),
     "learning rate null": (lambda e: sft(e, learning_rate=None),
                            r"config key 'learning_rate' \(config file .*\) is null, but it takes a value", False),
     "lora rank null": (lambda e: sft(e, lora_r=None), r"config key 'lora_r' \(config file .*\) is null", False),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from finetune_kit import config_checks as rc
@@ -204,6 +206,25 @@ def test_check_numbers_in_range(tmp_path):
     # The edges that mean something stay allowed: no clipping, seed 0, epochs left to max_steps.
     cfg = cfg_with(tmp_path, "max_grad_norm: 0\nseed: 0\nnum_train_epochs: .inf\nmax_steps: 3\n")
     assert (cfg.training.max_grad_norm, cfg.training.seed, cfg.training.max_steps) == (0, 0, 3)
+
+
+def test_check_output_apart_from_inputs(tmp_path):
+    # A run written where it reads would replace its own model or data: refused whatever overwrite_output_dir says.
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "adapter_config.json").write_text("{}")
+    (run / "data" / "d.jsonl").write_text('{"text": "a"}\n')
+    for extra, message in [
+        (f"model_name_or_path: {run}\ndataset_name: d.jsonl\n", f"output_dir {run} is model_name_or_path {run}:"),
+        (f"dataset_name: {run / 'data' / 'd.jsonl'}\n", f"output_dir {run} holds dataset_name {run}/data/d.jsonl"),
+        (f"datasets: [{{dataset_name: {run / 'data' / 'd.jsonl'}}}]\n", "holds datasets: dataset_name"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            cfg_with(tmp_path, f"{extra}output_dir: {run}\noverwrite_output_dir: true\nuse_peft: true\n", base="")
+    # A hub id that is no local path, and an output folder beside the inputs, are fine.
+    cfg = cfg_with(tmp_path, f"model_name_or_path: {run.name}/x\ndataset_name: {run / 'data' / 'd.jsonl'}\n"
+                             f"output_dir: {tmp_path / 'other'}\nuse_peft: true\n", base="")
+    assert cfg.training.output_dir == str(tmp_path / "other")
 
 
 def test_check_lora_rank_positive(tmp_path):

@@ -283,6 +283,22 @@ def test_adapter_for_a_different_base(tiny_run, tmp_path, tokenizer, capsys):
     assert code == 2 and "does not fit its base model" in out and "different model" in out
 
 
+def test_adapters_that_name_each_other_as_base(tiny_run, tmp_path, capsys):
+    # What a run trained into the folder it started from left behind (refused since): a loop of bases, which was a
+    # RecursionError; now named.
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, base in ((first, second), (second, first)):
+        shutil.copytree(tiny_run, folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    for target in (first, second):
+        code, out = cli(["export", str(target), "--out", str(tmp_path / "x")], capsys)
+        assert code == 2 and "is itself or an adapter based on it" in out and "Traceback" not in out
+    assert not (tmp_path / "x").exists()
+
+
 def test_unsupported_gguf_architecture(tmp_path, monkeypatch, capsys):
     import numpy as np
     from gguf import GGUFWriter
