@@ -137,6 +137,20 @@ def output_apart_from_inputs(cfg) -> str | None:
     return None
 
 
+def output_not_around_working_folder(cfg) -> str | None:
+    """overwrite_output_dir sets the old output folder aside and deletes it after the first step: with output_dir
+    "." (or a folder above it) that would be the folder the user works in, with their data and code."""
+    output_dir = getattr(getattr(cfg, "training", None), "output_dir", None)
+    if not output_dir or not getattr(getattr(cfg, "run", None), "overwrite_output_dir", False):
+        return None
+    out, here = Path(output_dir).expanduser().resolve(), Path.cwd().resolve()
+    if out == here or out in here.parents:
+        where = "the folder you are in" if out == here else "a folder above the one you are in"
+        return (f"output_dir {output_dir} is {where} and overwrite_output_dir would replace it, with everything in "
+                "it: give the run a folder of its own.")
+    return None
+
+
 # key: (lowest, highest, whether the lowest itself is allowed); every value must also be a finite number.
 _OPTIMIZER_RANGES = {
     "weight_decay": (0.0, math.inf, True),
@@ -466,6 +480,7 @@ COMMON_CHECKS = (
     trains_something,
     numbers_in_range,
     output_apart_from_inputs,
+    output_not_around_working_folder,
     lora_values_in_range,
     lengths_positive,
     attention_known,

@@ -227,6 +227,22 @@ def test_check_output_apart_from_inputs(tmp_path):
     assert cfg.training.output_dir == str(tmp_path / "other")
 
 
+def test_check_output_not_around_working_folder(tmp_path, monkeypatch):
+    # output_dir "." with overwrite_output_dir once set the working folder aside (a traceback, and a stray
+    # "..replaced" folder left in it); replacing it would delete the user's files after the first step.
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for output_dir, where in ((".", "the folder you are in"), ("..", "a folder above the one you are in"),
+                              (str(tmp_path), "a folder above the one you are in")):
+        with pytest.raises(ConfigError, match=f"output_dir {re.escape(output_dir)} is {where} and overwrite"):
+            cfg_with(tmp_path, f"output_dir: {output_dir}\noverwrite_output_dir: true\n", base="dataset_name: d\n")
+    # Without overwrite_output_dir nothing is replaced (a non-empty folder is refused by check_output_dir); a new
+    # folder inside the working one is what runs are for.
+    assert cfg_with(tmp_path, "output_dir: .\n", base="dataset_name: d\n").training.output_dir == "."
+    assert cfg_with(tmp_path, "output_dir: runs/x\noverwrite_output_dir: true\n", base="dataset_name: d\n")
+
+
 def test_check_lora_rank_positive(tmp_path):
     with pytest.raises(ConfigError, match="lora_r must be a positive integer"):
         cfg_with(tmp_path, "lora_r: 0\n")
