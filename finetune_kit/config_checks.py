@@ -3,7 +3,8 @@ naming the keys, or None; the recipe table (`Recipe.checks`) says which a recipe
 
 They run twice on the same values, by the same functions: in `finetune_kit.preflight` on the YAML and command-line
 values (before trl / transformers are imported, so a mistake is named in well under 2 s), and in `parse_config` on the
-typed config. So this module imports nothing, and a check reads only plain values (numbers, strings, lists).
+typed config. So this module imports nothing beyond the standard library, and a check reads only plain values
+(numbers, strings, lists); the output-folder checks also ask the file system which paths exist.
 """
 
 from __future__ import annotations
