@@ -19,6 +19,8 @@ def read_prompts(path: Path) -> list[str]:
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise UserError(f"{where}: field 'prompt' must be a non-empty string.")
         prompts.append(row["prompt"])
+    if not prompts:  # before the model loads: an empty answers file after minutes of loading helps nobody
+        raise UserError(f"{path}: no rows; give a file with one {{\"prompt\": ...}} per line.")
     return prompts
 
 
@@ -79,6 +81,8 @@ def predict(args) -> None:
         if not args.input.is_file():
             raise UserError(f"input file not found: {args.input}")
         rows = read_file(args.input)
+        if not rows:
+            raise UserError(f"{args.input}: no rows; give a file with one {{\"{args.text_column}\": ...}} per line.")
         for where, row in rows:
             for column in filter(None, (args.text_column, args.text_pair_column)):
                 if not isinstance(row.get(column), str) or not row[column].strip():

@@ -451,6 +451,14 @@ CASES = {
         lambda e: ("cli", ["predict", "--model", e["bert"], "--input", e["file"]("t.jsonl", [{"text": "hi"}]),
                            "--output", str(e["out"] / "notes.txt")]),
         r"--output .*notes\.txt exists; give another path, or --overwrite", False),
+    "generate from an empty input file": (
+        lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", []),
+                           "--output", str(e["tmp"] / "answers.jsonl")]),
+        r"p\.jsonl: no rows; give a file with one \{\"prompt\": \.\.\.\} per line", False),
+    "predict from an empty input file": (
+        lambda e: ("cli", ["predict", "--model", e["bert"], "--input", e["file"]("t.jsonl", []),
+                           "--output", str(e["tmp"] / "labels.jsonl")]),
+        r"t\.jsonl: no rows; give a file with one \{\"text\": \.\.\.\} per line", False),
     "chat with an encoder": (lambda e: ("cli", ["chat", "--model", e["bert"]]), r"is not a generative", False),
     "generate into a folder": (
         lambda e: ("cli", ["generate", "--model", e["llama"], "--input", e["file"]("p.jsonl", [{"prompt": "hi"}]),
