@@ -181,6 +181,13 @@ def tune(argv: list[str]) -> dict[str, Any]:
     raw = read_yaml_config(args.config)
     settings = parse_tune(raw.get(TUNE_KEY), args.config, known_keys(config_type))
     base = parse_config(config_type, ["--config", args.config, *overrides])  # the base config must be valid
+    for key, spec in settings["space"].items():  # and every edge of the space, before a study or trial starts
+        for value in spec.get("choices") or (spec["low"], spec["high"]):
+            try:
+                parse_config(config_type, ["--config", args.config, *overrides, *_yaml_value_to_args(key, value)])
+            except ConfigError as err:
+                raise ConfigError(f"{args.config}: tune.space.{key} allows {value!r}, which the config refuses "
+                                  f"({err}); narrow the space.") from None
     total = args.trials or settings["trials"]
     if not total or total < 1:
         raise ConfigError("the number of trials: --trials N (>= 1) or tune.trials in the YAML.")

@@ -84,7 +84,14 @@ def test_tune_config_errors_name_the_key(tmp_path, tiny_bert_dir):
                                (dict(space={"learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}), "low > 0"),
                                (dict(direction="up"), "tune.direction"),
                                (dict(metrc="accuracy"), "metrc"),
-                               (dict(trials="many"), "tune.trials")):
+                               (dict(trials="many"), "tune.trials"),
+                               # a space edge the config itself refuses: once found by trial 0's traceback, a study
+                               # database already written
+                               (dict(space={"learning_rate": {"low": -1.0, "high": 1e-3}}),
+                                r"tune\.space\.learning_rate allows -1\.0, which the config refuses \(.*learning_rate "
+                                "must be positive"),
+                               (dict(space={"per_device_train_batch_size": [8, 0]}),
+                                r"tune\.space\.per_device_train_batch_size allows 0, which the config refuses")):
         config = _tune_config(tmp_path, tiny_bert_dir, **tune_block)
         with pytest.raises(ConfigError, match=needle):
             tune(["--config", config, "--trials", "1", "--study_dir", str(tmp_path / "never")])
