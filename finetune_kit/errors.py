@@ -34,6 +34,13 @@ KNOWN_LIBRARY_ERRORS = (
                                                "Use [all-linear], or names from `finetune-kit inspect <model>`."),
     (ValueError, "Please check the target modules", "lora_target_modules matches no module of the model ({}). "
                                                     "Use [all-linear], or names from `finetune-kit inspect <model>`."),
+    # Resuming a checkpoint into a model of other shapes (the preflight compares LoRA settings; this is the rest)
+    (RuntimeError, "Error(s) in loading state_dict for Peft", "the checkpoint does not fit the model this config "
+                                                             "builds ({}): resume with the settings the run started "
+                                                             "with (its config.yaml)."),
+    (ValueError, "parameter group that doesn't match the size of optimizer's group",
+     "the checkpoint's optimizer state does not fit the parameters this config trains ({}): resume with the settings "
+     "the run started with (its config.yaml)."),
     (OSError, "Error no file named", "the model folder has no weights transformers can load ({}). Point "
                                      "model_name_or_path at a whole checkpoint (`finetune-kit export` merges a "
                                      "LoRA run)."),

@@ -176,11 +176,13 @@ def _files(row: recipes.Recipe, cfg) -> None:
         require_weights,
     )
     from finetune_kit.rl.reward_functions import require_reward_sources
-    from finetune_kit.runs import check_output_dir
+    from finetune_kit.runs import check_output_dir, require_checkpoint_fits
 
     training, run = getattr(cfg, "training", None), getattr(cfg, "run", None)
     if training is not None and run is not None and getattr(training, "output_dir", None):
-        check_output_dir(training.output_dir, run.overwrite_output_dir, training.resume_from_checkpoint)
+        checkpoint = check_output_dir(training.output_dir, run.overwrite_output_dir, training.resume_from_checkpoint)
+        if checkpoint is not None and getattr(cfg, "model", None) is not None:
+            require_checkpoint_fits(checkpoint, cfg.model)
     data = getattr(cfg, "data", None)
     if data is None:
         return

@@ -118,6 +118,32 @@ def _checkpoint_to_resume(out: Path, resume: str) -> str:
     return resume
 
 
+def require_checkpoint_fits(checkpoint: str, model) -> None:
+    """Resuming loads the checkpoint's adapter and optimizer state into the model this config builds: another rank,
+    alpha, DoRA setting or set of target modules cannot load (a state_dict or optimizer traceback once the model had
+    loaded). Checked before any weights load; all-linear is resolved by peft against the model, so not compared."""
+    from finetune_kit.model_files import read_adapter_config
+
+    adapter = read_adapter_config(Path(checkpoint))
+    if adapter is None or not getattr(model, "use_peft", False):
+        return
+    for key, saved in (("lora_r", adapter.get("r")), ("lora_alpha", adapter.get("lora_alpha")),
+                       ("use_dora", adapter.get("use_dora"))):
+        value = getattr(model, key, None)
+        if saved is not None and value is not None and value != saved:
+            raise UserError(f"resume_from_checkpoint {checkpoint}: its adapter was trained with {key} {saved}, this "
+                            f"config sets {value}; resume with the settings the run started with (its config.yaml), "
+                            "or start a new run.")
+    targets, saved = getattr(model, "lora_target_modules", None), adapter.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    # A saved string is peft's regex form: not compared.
+    if targets and "all-linear" not in targets and isinstance(saved, list) and set(targets) != set(saved):
+        raise UserError(f"resume_from_checkpoint {checkpoint}: its adapter was trained on {sorted(set(saved))}, this "
+                        f"config sets lora_target_modules {sorted(targets)}; resume with the settings the run started "
+                        "with (its config.yaml), or start a new run.")
+
+
 # --overwrite_output_dir never destroys a finished run before the new one has proved it can train: its contents are
 # moved into a hidden sibling folder once the trainer is built, restored if the new run fails before its first
 # optimizer step, and deleted after that step (trainer_setup.prepare_trainer). A process killed in between leaves
