@@ -134,7 +134,7 @@ SPLIT_CASES = {  # case: recipe, rows, keys, the error; rows a recipe's own spli
     "question_answering": ("question_answering", [
         {"id": str(i), "context": "Paris is in France.", "question": f"Where is Paris {i}?",
          "answers": {"text": ["France"], "answer_start": [12]}} for i in range(3)], {"eval_split_ratio": 0.5},
-        "splits by article, and the data has only one"),
+        r"d\.jsonl: eval_split_ratio splits by article \(title\), and the data has only one"),
     "prm": ("prm", [{"prompt": "1 + 1?", "completions": ["1 + 1 = 2"], "labels": [True]}] * 2,
             {"eval_split_ratio": 0.5}, r"cannot split its 1 problems"),
     # masked_lm holds out 10% of its rows even with no ratio given, and needs a block of max_length tokens a side

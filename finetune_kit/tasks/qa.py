@@ -119,9 +119,10 @@ def hold_out(rows: list[dict], key: str, ratio: float, seed: int) -> tuple[list[
     return [r for r in rows if r[key] not in held], [r for r in rows if r[key] in held]
 
 
-def split_by_article(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_by_article(rows: list[dict], ratio: float, seed: int, source: str = "the data") -> tuple[list, list]:
     if len({r["title"] for r in rows}) < 2:
-        raise DataError("eval_split_ratio splits by article, and the data has only one; give eval_dataset_name.")
+        raise DataError(f"{source}: eval_split_ratio splits by article (title), and the data has only one; give "
+                        "eval_dataset_name, or rows of more articles.")
     return hold_out(rows, "title", ratio, seed)
 
 
@@ -137,7 +138,7 @@ def question_splits(cfg) -> tuple[list[dict], list[dict], list[dict], bool]:
     if given_eval is not None:
         train, evaluation = rows, given_eval
     elif cfg.data.eval_split_ratio:
-        train, evaluation = split_by_article(rows, cfg.data.eval_split_ratio, seed)
+        train, evaluation = split_by_article(rows, cfg.data.eval_split_ratio, seed, cfg.data.dataset_name)
     else:
         train, evaluation = rows, []
     version_2 = bool(task.version_2_with_negative) or any(not r["answers"]["text"] for r in rows)
