@@ -20,6 +20,7 @@ from finetune_kit.data import (
     encode_prompt,
     end_of_turn_is_trained,
     load_sft_datasets,
+    margins_on_every_row_or_none,
     pairs_with_answer_room,
     require_both_labels,
     tokenize_sft_dataset,
@@ -35,7 +36,7 @@ def sequence_lengths(dataset, tokenizer, rows: str) -> list[int]:
     """Token count of each row as the trainer will see it (chat template applied for conversations)."""
     if rows == "prompt":
         return [len(encode_prompt(tokenizer, p, 10**9, "")) for p in dataset["prompt"]]
-    if rows == "pair":
+    if rows in ("pair", "scored_pair"):
         return [max(_render_len(tokenizer, row["prompt"], row["chosen"]), _render_len(tokenizer, row["prompt"],
                                                                                        row["rejected"]))
                 for row in dataset]
@@ -108,6 +109,8 @@ def check(argv: list[str] | None) -> int:
         print(f"streaming: the first {len(train)} training rows are checked (train validates every row as it reads it)")
     if row.rows == "unpaired":  # KTO's own refusal, made before its model loads
         require_both_labels(train, cfg.data.source_label())
+    if row.rows == "scored_pair":  # the reward recipe's own refusal, likewise
+        train = margins_on_every_row_or_none(train, cfg.data.source_label())
     if row.keeps_prompt_whole:  # the recipe's own filter: what train refuses, check refuses; what it drops, it counts
         train = pairs_with_answer_room(train, tokenizer, args.max_length or 512, cfg.data.skip_invalid_rows,
                                        cfg.data.source_label())

@@ -267,3 +267,35 @@ def test_qlora_reward_and_dpo_train_adapters_on_a_4bit_base(tmp_path, tiny_model
     assert curve[-1] < curve[0], curve
     adapter = load_file(out / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_reward_margins_enter_trls_loss_and_are_checked(tmp_path, tiny_model_dir, capsys):
+    # A `margin` column was dropped by the pair normaliser, so trl's margin loss (Llama 2) never saw it. Now it is
+    # kept for reward models: the first step's loss -log sigmoid(r_chosen - r_rejected - margin) grows with margin.
+    from finetune_kit.cli import main as cli_main
+    from finetune_kit.data import normalise_scored_pair
+
+    assert normalise_scored_pair({"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2}, "r")["margin"] == 2.0
+    with pytest.raises(DataError, match=r"row 3: field 'margin' must be a finite number .*got 'big'"):
+        normalise_scored_pair({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}, "row 3")
+    first_loss = {}
+    for margin in (0.0, 4.0):
+        rows = [{**row, "margin": margin} for row in pair_rows()]
+        out = tmp_path / f"rm-{margin}"
+        cfg = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(write_jsonl(tmp_path / "m.jsonl", rows)),
+               "output_dir": str(out), "use_peft": True, "lora_r": 4, "max_steps": 1, "per_device_train_batch_size": 8,
+               "logging_steps": 1, "seed": 0, "report_to": "none", "disable_tqdm": True}
+        run_recipe("reward", ["--config", write_config(tmp_path / "c.yaml", cfg)])
+        first_loss[margin] = losses(out)[0]
+    assert first_loss[4.0] > first_loss[0.0] + 1.0, first_loss
+    # A margin on some rows only: trl would fail on the first batch mixing them; named by check and train alike.
+    rows = pair_rows()
+    rows[2] = {**rows[2], "margin": 1.5}
+    cfg = {"recipe": "reward", "model_name_or_path": str(tiny_model_dir), "use_peft": True, "max_steps": 1,
+           "dataset_name": str(write_jsonl(tmp_path / "some.jsonl", rows)), "output_dir": str(tmp_path / "o")}
+    config = write_config(tmp_path / "some.yaml", cfg)
+    for command in (["check", "--config", config], ["train", "reward", "--config", config]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "some.jsonl: " in err and "rows have no 'margin'" in err, err

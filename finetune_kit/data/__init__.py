@@ -14,6 +14,8 @@ from finetune_kit.data.preference import (
     encode_prompt,
     normalise_pair,
     normalise_prompt,
+    margins_on_every_row_or_none,
+    normalise_scored_pair,
     normalise_unpaired,
     pairs_with_answer_room,
     require_both_labels,
@@ -28,7 +30,8 @@ logger = logging.getLogger(__name__)
 Normaliser = Callable[[dict[str, Any], str], dict[str, Any]]
 # Recipe table `rows` kind -> how its rows are validated and normalised (None: the SFT formats, detected).
 ROW_NORMALISERS: dict[str, Normaliser | None] = {"sft": None, "text": partial(normalise, fmt="text"),
-                                                 "pair": normalise_pair, "unpaired": normalise_unpaired,
+                                                 "pair": normalise_pair, "scored_pair": normalise_scored_pair,
+                                                 "unpaired": normalise_unpaired,
                                                  "prompt": normalise_prompt}
 
 __all__ = [
@@ -36,8 +39,10 @@ __all__ = [
     "end_of_turn_is_trained",
     "load_rows",
     "load_sft_datasets",
+    "margins_on_every_row_or_none",
     "normalise_pair",
     "normalise_prompt",
+    "normalise_scored_pair",
     "normalise_unpaired",
     "pairs_with_answer_room",
     "require_both_labels",

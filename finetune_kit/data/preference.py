@@ -16,6 +16,7 @@ assistant turn is the completion) / `conversations` plus a boolean `label` (LLaM
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -41,6 +42,32 @@ def normalise_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
     if pair["chosen"] == pair["rejected"]:
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair prefers nothing.")
     return pair
+
+
+def normalise_scored_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A reward-model pair: normalise_pair's, plus its `margin` (None when the row has none): a number, how much better
+    chosen is, which trl's RewardTrainer subtracts inside the loss (Llama 2's margin loss). Always a key, so a column
+    given on some rows only is seen (datasets takes its columns from the first row)."""
+    pair, margin = normalise_pair(row, where), row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):
+        raise DataError(f"{where}: field 'margin' must be a finite number (how much better 'chosen' is), got "
+                        f"{margin!r}.")
+    return {**pair, "margin": None if margin is None else float(margin)}
+
+
+def margins_on_every_row_or_none(dataset, where: str):
+    """The dataset with its margins when every row has one, without the column when none has (trl reads `margin` on
+    every row of a batch once the first has one); margins on some rows only are refused."""
+    if dataset is None or "margin" not in dataset.column_names:
+        return dataset
+    missing = [i for i, margin in enumerate(dataset["margin"]) if margin is None]
+    if len(missing) == len(dataset):
+        return dataset.remove_columns("margin")
+    if missing:
+        raise DataError(f"{where}: {len(missing)} of {len(dataset)} rows have no 'margin' (the first: row "
+                        f"{missing[0] + 1} as read); give every row a margin, or none.")
+    return dataset
 
 
 def require_both_labels(dataset, where: str) -> int:

@@ -36,7 +36,8 @@ class Recipe:
     config: str  # "module:Class" of its typed config
     family: str  # which checkpoints fit it (`finetune-kit inspect`): decoder | encoder | encoder-decoder | vision
     # How `check` validates and measures its data rows: sft (the chat / instruction formats), text, pair
-    # (prompt + chosen / rejected), unpaired (prompt + completion + label), prompt; None: config check only.
+    # (prompt + chosen / rejected), scored_pair (a pair and an optional margin: reward models), unpaired (prompt +
+    # completion + label), prompt; None: config check only.
     rows: str | None = None
     # Sequences one training example puts through the model at once (chosen and rejected: 2; KTO's completion and
     # its mismatched KL completion: 2): scales the activation term of the memory estimate and auto checkpointing.
@@ -131,7 +132,7 @@ RECIPES: list[Recipe] = [
     Recipe("pretrain", "continued causal-LM pretraining on plain text (packed blocks)",
            f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=("dataset_format",), checks=_COMMON),
     Recipe("reward", "a reward model: one-score head on a causal LM, trained on preference pairs",
-           f"{_DEC}:RewardRecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
+           f"{_DEC}:RewardRecipeConfig", "decoder", rows="scored_pair", sequences_per_example=2, unread=_SHAPED,
            checks=(*_COMMON, cc.reward_head_with_lora)),
     # Step-labelled rows have one shape and are read whole, problems kept together (no mixtures); the recipe sets
     # the LoRA task type itself (TOKEN_CLS: the new head is trained and saved).

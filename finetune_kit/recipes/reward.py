@@ -17,7 +17,7 @@ from trl import RewardTrainer, get_peft_config
 from finetune_kit import recipes
 from finetune_kit.config import parse_config
 from finetune_kit.config_decoder import RewardRecipeConfig
-from finetune_kit.data import load_sft_datasets, normalise_pair
+from finetune_kit.data import load_sft_datasets, margins_on_every_row_or_none, normalise_scored_pair
 from finetune_kit.decisions import Decisions
 from finetune_kit.errors import run_cli
 from finetune_kit.guards import NonFiniteGuard
@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
     resume = check_output_dir(args.output_dir, cfg.run.overwrite_output_dir, args.resume_from_checkpoint)
     tokenizer = load_tokenizer(cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
                                trust_remote_code=args.trust_remote_code)
-    train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_pair)
+    train_dataset, eval_dataset = load_sft_datasets(cfg.data, seed=args.seed, normaliser=normalise_scored_pair)
+    # `margin` (trl's margin loss): on every row or none, kept only when given
+    train_dataset = margins_on_every_row_or_none(train_dataset, cfg.data.source_label())
+    eval_dataset = margins_on_every_row_or_none(eval_dataset, f"{cfg.data.source_label()} (validation)")
 
     decisions.add(cfg, activation_checkpointing(cfg, decisions.user, args.max_length or 1024,
                                                  recipes.get("reward").sequences_per_example))
