@@ -82,6 +82,21 @@ def run_recipe(name: str, argv: list[str]):
     return recipes.get(name).load().main(argv)
 
 
+def check_and_train_refuse(recipe: str, argv: list[str], message: str, capsys) -> None:
+    """`finetune-kit check` and `finetune-kit train <recipe>` on the same arguments both stop with exit 2, the error
+    matching `message` (a regex) and no traceback: what train refuses, check refuses first."""
+    import re
+
+    from finetune_kit.cli import main
+
+    for command in (["check", *argv], ["train", recipe, *argv]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        out = capsys.readouterr()
+        assert exit_info.value.code == 2, (command, out)
+        assert re.search(message, out.err) and "Traceback" not in out.err, (command, out)
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

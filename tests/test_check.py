@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
-from conftest import chat_rows, write_config, write_jsonl
+from conftest import chat_rows, check_and_train_refuse, write_config, write_jsonl
 from finetune_kit.cli import main
 
 
@@ -87,12 +86,8 @@ def test_check_refuses_kto_rows_of_one_label_as_train_does(tmp_path, tiny_model_
     rows = [{"prompt": f"Say {w}", "completion": w, "label": True} for w in "abcdef"]
     cfg = {"recipe": "kto", "model_name_or_path": str(tiny_model_dir), "use_peft": True, "max_steps": 1,
            "dataset_name": str(write_jsonl(tmp_path / "d.jsonl", rows)), "output_dir": str(tmp_path / "o")}
-    config = write_config(tmp_path / "c.yaml", cfg)
-    for command in (["check", "--config", config], ["train", "kto", "--config", config]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(command)
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and "d.jsonl: every training row has label True; KTO needs both" in err
+    check_and_train_refuse("kto", ["--config", write_config(tmp_path / "c.yaml", cfg)],
+                           "d.jsonl: every training row has label True; KTO needs both", capsys)
     assert not (tmp_path / "o").exists()
 
 
@@ -153,13 +148,7 @@ def test_check_refuses_a_split_the_rows_cannot_meet_as_train_does(tmp_path, tiny
     model = {"prm": str(tiny_model_dir), "seq2seq": "google-t5/t5-small"}.get(recipe, str(tiny_bert_dir))
     cfg = {"recipe": recipe, "model_name_or_path": model, "dataset_name": str(write_jsonl(tmp_path / "d.jsonl", rows)),
            "output_dir": str(tmp_path / "o"), "max_steps": 1, "report_to": "none", **extra}
-    config = write_config(tmp_path / "c.yaml", cfg)
-    for command in (["check", "--config", config], ["train", recipe, "--config", config]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(command)
-        out = capsys.readouterr()
-        assert exit_info.value.code == 2, (command, out)
-        assert re.search(message, out.err + out.out) and "Traceback" not in out.err, (command, out)
+    check_and_train_refuse(recipe, ["--config", write_config(tmp_path / "c.yaml", cfg)], message, capsys)
     assert not (tmp_path / "o").exists()
 
 

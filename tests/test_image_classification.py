@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_recipe, write_config
+from conftest import check_and_train_refuse, run_recipe, write_config
 from finetune_kit.errors import DataError
 from finetune_kit.tasks import images as img
 
@@ -85,14 +85,7 @@ def test_augment_keeps_the_shape():
 
 def test_check_refuses_a_split_the_images_cannot_meet_as_train_does(tmp_path, capsys):
     # One image a class cannot be stratified into two sides: `check` once said "clean" here, `train` then stopped.
-    from finetune_kit.cli import main as cli_main
-
     argv = config(tmp_path, write_images(tmp_path / "few", count_per_label=1), eval_split_ratio=0.5,
                   recipe="image_classification")
-    for command in (["check", *argv], ["train", "image_classification", *argv]):
-        with pytest.raises(SystemExit) as exit_info:
-            cli_main(command)
-        out = capsys.readouterr()
-        assert exit_info.value.code == 2, (command, out)
-        assert "few: eval_split_ratio 0.5 cannot split its 2 rows" in out.err and "Traceback" not in out.err
+    check_and_train_refuse("image_classification", argv, r"few: eval_split_ratio 0\.5 cannot split its 2 rows", capsys)
     assert not (tmp_path / "run").exists()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import textwrap
 
 import pytest
 
-from conftest import ROOT, chat_rows, run_recipe, write_config, write_jsonl
+from conftest import ROOT, chat_rows, check_and_train_refuse, run_recipe, write_config, write_jsonl
 from finetune_kit.errors import UserError
 from finetune_kit.runs import check_output_dir
 
@@ -105,8 +104,6 @@ def test_resume_skips_checkpoints_whose_save_was_cut_short(tmp_path, tiny_model_
 def test_resume_with_other_lora_settings_is_refused_before_weights_load(tmp_path, tiny_model_dir, capsys):
     # Another rank / alpha / target set than the checkpoint's was a state_dict (or optimizer) traceback after the
     # model had loaded; check and train now name the key, and the run folder is unchanged.
-    from finetune_kit.cli import main as cli_main
-
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
     out = tmp_path / "run"
     base = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(out),
@@ -115,13 +112,9 @@ def test_resume_with_other_lora_settings_is_refused_before_weights_load(tmp_path
     run_recipe("sft", ["--config", write_config(tmp_path / "c.yaml", base)])
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for change, message in (({"lora_r": 4}, "trained with lora_r 8, this config sets 4"),
-                            ({"lora_target_modules": ["q_proj"]}, r"trained on \['q_proj', 'v_proj'\], this config sets "
-                                                                  r"lora_target_modules \['q_proj'\]")):
+                            ({"lora_target_modules": ["q_proj"]}, (r"trained on \['q_proj', 'v_proj'\], this config sets "
+                                                                   r"lora_target_modules \['q_proj'\]"))):
         config = write_config(tmp_path / "resume.yaml", {**base, **change, "max_steps": 4,
                                                           "resume_from_checkpoint": "latest"})
-        for command in (["check", "--config", config], ["train", "sft", "--config", config]):
-            with pytest.raises(SystemExit) as exit_info:
-                cli_main(command)
-            err = capsys.readouterr().err
-            assert exit_info.value.code == 2 and re.search(message, err) and "Traceback" not in err, err
+        check_and_train_refuse("sft", ["--config", config], message, capsys)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
