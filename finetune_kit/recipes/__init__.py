@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_kit import config_checks as cc
+from finetune_kit import config_checks_recipes as rc
 from finetune_kit.errors import ConfigError, UserError
 from finetune_kit.yaml_config import (
     CONFIGS_DIR,
@@ -50,7 +51,8 @@ class Recipe:
     unread: tuple[str, ...] = ()
     # Where only some keys of the training part reach the trainer (our PPO loop): those keys; others are refused.
     training_reads: tuple[str, ...] | None = None
-    # The config checks it runs (finetune_kit.config_checks): in the pre-import preflight and in parse_config alike.
+    # The config checks it runs (finetune_kit.config_checks, config_checks_recipes): in the pre-import preflight
+    # and in parse_config alike.
     checks: tuple = ()
     # Recipes without a `rows` kind: "module:function" reading and validating every data row of a config (the
     # function the recipe itself calls first), which the preflight runs before any library loads.
@@ -120,12 +122,12 @@ _PPO_TRAINING = ("output_dir", "seed", "learning_rate", "weight_decay", "adam_be
                  "resume_from_checkpoint", "bf16", "fp16", "use_cpu", "trust_remote_code",
                  "report_to")  # accepted as `none` only (config_decoder.ppo_reports_nowhere)
 _COMMON = cc.COMMON_CHECKS
-_GUARD_CHECKS = (cc.guard_ranges, cc.best_policy_needs_held_out)
-_PPO_CHECKS = (*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, cc.ppo_needs_adapter,
-               cc.ppo_batches_divide, cc.ppo_ranges,
-               *_GUARD_CHECKS, cc.ppo_needs_max_steps, cc.ppo_reports_nowhere)
-_CLASSIFIER_CHECKS = (*_COMMON, cc.classifier_splits_in_range, cc.weights_or_balanced_sampling,
-                      cc.freeze_layers_not_negative, cc.one_test_source)
+_GUARD_CHECKS = (rc.guard_ranges, rc.best_policy_needs_held_out)
+_PPO_CHECKS = (*_COMMON, rc.has_reward_source, rc.reward_weights_match_sources, rc.ppo_needs_adapter,
+               rc.ppo_batches_divide, rc.ppo_ranges,
+               *_GUARD_CHECKS, rc.ppo_needs_max_steps, rc.ppo_reports_nowhere)
+_CLASSIFIER_CHECKS = (*_COMMON, rc.classifier_splits_in_range, rc.weights_or_balanced_sampling,
+                      rc.freeze_layers_not_negative, rc.one_test_source)
 RECIPES: list[Recipe] = [
     Recipe("sft", "supervised fine-tuning of a causal LM on instruction / chat data (LoRA, QLoRA, DoRA, full)",
            f"{_DEC}:SFTRecipeConfig", "decoder", rows="sft", checks=_COMMON),
@@ -133,46 +135,46 @@ RECIPES: list[Recipe] = [
            f"{_DEC}:PretrainConfig", "decoder", rows="text", unread=("dataset_format",), checks=_COMMON),
     Recipe("reward", "a reward model: one-score head on a causal LM, trained on preference pairs",
            f"{_DEC}:RewardRecipeConfig", "decoder", rows="scored_pair", sequences_per_example=2, unread=_SHAPED,
-           checks=(*_COMMON, cc.reward_head_with_lora)),
+           checks=(*_COMMON, rc.reward_head_with_lora)),
     # Step-labelled rows have one shape and are read whole, problems kept together (no mixtures); the recipe sets
     # the LoRA task type itself (TOKEN_CLS: the new head is trained and saved).
     Recipe("prm", "a process reward model: scores each reasoning step (token head at the step separator), ranks "
            "solutions; a reward for grpo / ppo", f"{_DEC}:PRMRecipeConfig", "decoder",
            unread=(*_SHAPED, "datasets", "mix_strategy", "lora_task_type"),
-           checks=(*_COMMON, cc.step_separator_given), data_check="finetune_kit.tasks.steps:step_splits"),
+           checks=(*_COMMON, rc.step_separator_given), data_check="finetune_kit.tasks.steps:step_splits"),
     Recipe("dpo", "direct preference optimisation on chosen / rejected pairs (trl DPOTrainer)",
            f"{_DEC}:DPORecipeConfig", "decoder", rows="pair", sequences_per_example=2, unread=_SHAPED,
-           checks=(*_COMMON, cc.beta_positive)),
+           checks=(*_COMMON, rc.beta_positive)),
     Recipe("kto", "KTO on unpaired desirable / undesirable answers (trl KTOTrainer)",
            f"{_DEC}:KTORecipeConfig", "decoder", rows="unpaired", sequences_per_example=2, unread=_SHAPED,
-           checks=(*_COMMON, cc.beta_positive)),
+           checks=(*_COMMON, rc.beta_positive)),
     Recipe("orpo", "odds-ratio preference optimisation: SFT and preference in one loss, no reference model "
            "(trl ORPOTrainer)", f"{_DEC}:ORPORecipeConfig", "decoder", rows="pair", sequences_per_example=2,
-           unread=_PAIRS_UNREAD, checks=(*_COMMON, cc.beta_positive), keeps_prompt_whole=True),
+           unread=_PAIRS_UNREAD, checks=(*_COMMON, rc.beta_positive), keeps_prompt_whole=True),
     Recipe("cpo", "contrastive preference optimisation and SimPO (loss_type simpo, cpo_alpha 0), no reference model "
            "(trl CPOTrainer)", f"{_DEC}:CPORecipeConfig", "decoder", rows="pair", sequences_per_example=2,
-           unread=_PAIRS_UNREAD, checks=(*_COMMON, cc.beta_positive, cc.cpo_alpha_not_negative),
+           unread=_PAIRS_UNREAD, checks=(*_COMMON, rc.beta_positive, rc.cpo_alpha_not_negative),
            keeps_prompt_whole=True),
     Recipe("ppo", "PPO with a value head against a reward model or reward functions (our loop)",
            f"{_DEC}:PPORecipeConfig", "decoder", rows="prompt", unread=_SHAPED, training_reads=_PPO_TRAINING,
            checks=_PPO_CHECKS),
     Recipe("grpo", "group-relative policy optimisation against reward models / functions (trl GRPOTrainer)",
            f"{_DEC}:GRPORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
-           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, *_GUARD_CHECKS)),
+           checks=(*_COMMON, rc.has_reward_source, rc.reward_weights_match_sources, *_GUARD_CHECKS)),
     Recipe("rloo", "REINFORCE leave-one-out against reward models / functions (trl RLOOTrainer)",
            f"{_DEC}:RLOORecipeConfig", "decoder", rows="prompt", unread=(*_SHAPED, "max_prompt_length"),
-           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, *_GUARD_CHECKS)),
+           checks=(*_COMMON, rc.has_reward_source, rc.reward_weights_match_sources, *_GUARD_CHECKS)),
     Recipe("online_dpo", "online DPO: two sampled answers per prompt, a reward model / function picks the chosen one "
            "(trl OnlineDPOTrainer)", f"{_DEC}:OnlineDPORecipeConfig", "decoder", rows="prompt",
            sequences_per_example=2, unread=(*_SHAPED, "max_prompt_length", "reward_model_path", "model_init_kwargs"),
-           checks=(*_COMMON, cc.has_reward_source, cc.reward_weights_match_sources, cc.betas_positive,
+           checks=(*_COMMON, rc.has_reward_source, rc.reward_weights_match_sources, rc.betas_positive,
                    *_GUARD_CHECKS)),
     Recipe("distill", "knowledge distillation: a student learns a teacher's next-token distributions on SFT data "
            "(trl GKDTrainer)", "finetune_kit.config_distill:DistillRecipeConfig", "decoder", rows="sft",
-           unread=_DISTILL_UNREAD, checks=(*_COMMON, cc.distill_has_teacher, cc.student_config_trains_whole)),
+           unread=_DISTILL_UNREAD, checks=(*_COMMON, rc.distill_has_teacher, rc.student_config_trains_whole)),
     Recipe("sft_vision", "supervised fine-tuning of a vision-language model (SmolVLM, LLaVA, Qwen2-VL) on image + chat "
            "rows (LoRA on the language model, or full)", "finetune_kit.config_vision_chat:VisionSFTRecipeConfig",
-           "vision-language", unread=_SFT_VISION_UNREAD, checks=(*_COMMON, cc.sampling_without_lengths),
+           "vision-language", unread=_SFT_VISION_UNREAD, checks=(*_COMMON, rc.sampling_without_lengths),
            data_check="finetune_kit.tasks.vision_chat:chat_splits",
            length_check="finetune_kit.tasks.vision_chat:check_lengths"),
     Recipe("text_classification", "sequence classification or regression with a BERT-family encoder",
@@ -184,25 +186,27 @@ RECIPES: list[Recipe] = [
            data_check="finetune_kit.tasks.tokens:tagged_splits"),
     Recipe("question_answering", "extractive question answering on SQuAD-format data",
            f"{_TASK}:QuestionAnsweringConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
-           checks=(*_COMMON, cc.stride_below_window, cc.null_calibration_in_range), data_check="finetune_kit.tasks.qa:question_splits"),
+           checks=(*_COMMON, rc.stride_below_window, rc.null_calibration_in_range),
+           data_check="finetune_kit.tasks.qa:question_splits"),
     Recipe("masked_lm", "continued masked-LM pretraining of a BERT-family encoder",
            f"{_TASK}:MaskedLMConfig", "encoder", unread=(*_ENCODER_UNREAD, "column_mapping"),
-           checks=(*_COMMON, cc.mlm_probability_in_range), data_check="finetune_kit.tasks.mlm:text_splits",
+           checks=(*_COMMON, rc.mlm_probability_in_range), data_check="finetune_kit.tasks.mlm:text_splits",
            length_check="finetune_kit.tasks.mlm:check_blocks"),
     Recipe("seq2seq", "seq2seq fine-tuning of an encoder-decoder model (T5, BART, Marian, mT5): translation, "
            "summarization, text-to-text; generation-based evaluation",
            "finetune_kit.config_seq2seq:Seq2SeqRecipeConfig", "encoder-decoder", unread=_SEQ2SEQ_UNREAD,
-           checks=(*_COMMON, cc.translation_languages_paired), data_check="finetune_kit.tasks.seq2seq:pair_splits",
+           checks=(*_COMMON, rc.translation_languages_paired), data_check="finetune_kit.tasks.seq2seq:pair_splits",
            length_check="finetune_kit.tasks.seq2seq:check_lengths"),
     Recipe("image_classification", "image classification with a ViT or a timm model (folders or a CSV / JSON of paths)",
            f"{_TASK}:ImageClassificationConfig", "vision",
            unread=(*_ENCODER_UNREAD, "column_mapping", "eval_dataset_name", "tokenizer_name_or_path"),
-           checks=(*_COMMON, cc.classifier_splits_in_range), data_check="finetune_kit.tasks.images:labelled_image_splits"),
+           checks=(*_COMMON, rc.classifier_splits_in_range),
+           data_check="finetune_kit.tasks.images:labelled_image_splits"),
     # Local image files only (no hub datasets): a row is an image and its caption, read by caption_column.
     Recipe("clip", "image-text contrastive fine-tuning of a dual encoder (CLIP, SigLIP), zero-shot classification "
            "scored before and after", "finetune_kit.config_clip:CLIPRecipeConfig", "image-text",
            unread=(*_ENCODER_UNREAD, "column_mapping", "tokenizer_name_or_path"),
-           checks=(*_COMMON, cc.caption_template_names_label),
+           checks=(*_COMMON, rc.caption_template_names_label),
            data_check="finetune_kit.tasks.image_text:image_text_splits",
            length_check="finetune_kit.tasks.image_text:check_lengths"),
 ]
