@@ -58,9 +58,6 @@ class DataArguments:
         "help": "Read the training data as a stream (files too large for memory; sft and pretrain): rows are "
                 "validated as they are read, max_steps is required, validation comes from eval_dataset_name."})
 
-    def seed_for_split(self, seed: int) -> int:
-        return seed if self.split_seed is None else self.split_seed
-
     def source_label(self) -> str:
         """How messages name the training data: the file or hub id, or the mixture's sources."""
         if self.datasets:

@@ -46,6 +46,7 @@ from finetune_kit.config import (
     read_yaml_config,
     unknown_key_message,
 )
+from finetune_kit.data import split_seed
 from finetune_kit.errors import UserError
 from finetune_kit.guards import TrainingDiverged
 from finetune_kit.trainer_setup import driver_callbacks
@@ -220,11 +221,11 @@ def tune(argv: list[str]) -> dict[str, Any]:
         seed = base.training.seed + trial.number
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr("split_seed", base.data.seed_for_split(base.training.seed))
+        trial.set_user_attr("split_seed", split_seed(base.data, base.training.seed))
         print(f"\n=== trial {trial.number} ({_counted(study) + 1}/{total}): {params}")
         # Own seed per trial, the same held-out rows for all: split_seed stays the base config's.
         argv_trial = ["--config", args.config, *overrides, "--output_dir", str(run_dir), "--seed", str(seed),
-                      "--split_seed", str(base.data.seed_for_split(base.training.seed))]
+                      "--split_seed", str(split_seed(base.data, base.training.seed))]
         for key, value in params.items():
             argv_trial += _yaml_value_to_args(key, value)
         reporter = ReportToTrial(trial, settings["metric"])

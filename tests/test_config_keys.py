@@ -21,7 +21,7 @@ WORDS = ["apple", "river", "stone", "cloud"]
 OWN_PARTS = ("model", "data", "task", "rewards", "ppo", "preset", "run")
 # Read only on a path a one-step run does not take, each named with the test that covers it.
 CONDITIONAL = {
-    "split_seed": "read by DataArguments.seed_for_split when a split is made (tests/test_tune_report.py)",
+    "split_seed": "read by finetune_kit.data.split_seed when a split is made (tests/test_tune_report.py)",
     **{key: "read by trl's get_quantization_config with load_in_4bit (tests/test_launch.py, 4-bit runs)"
        for key in ("bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")},
     "target_kl": "read with adaptive_kl: true (tests/test_ppo.py, the adaptive KL controller)",

@@ -88,11 +88,10 @@ def split(dataset: Dataset, ratio: float, seed: int, where: str, what: str = "ev
                         "lower the ratio or add rows.") from None
 
 
-def split_seed(cfg) -> int:
-    """The seed of held-out splits: split_seed, else the training seed. Read off plain values, so the functions that
-    split (shared by a recipe and the preflight's view of its config) pick the same rows in both."""
-    seed = getattr(cfg.data, "split_seed", None)
-    return cfg.training.seed if seed is None else seed
+def split_seed(data, seed: int) -> int:
+    """The seed of held-out splits: the data part's split_seed, else the training `seed`. Read off plain values, so
+    the functions that split (shared by a recipe and the preflight's view of its config) pick the same rows in both."""
+    return seed if getattr(data, "split_seed", None) is None else data.split_seed
 
 
 def split_off_validation(rows: dict[str, list], cfg) -> dict[str, list]:
@@ -104,8 +103,8 @@ def split_off_validation(rows: dict[str, list], cfg) -> dict[str, list]:
     if "validation" in rows or not cfg.data.eval_split_ratio:
         return rows
     train = rows["train"]
-    parts = split(Dataset.from_dict({"row": list(range(len(train)))}), cfg.data.eval_split_ratio, split_seed(cfg),
-                  cfg.data.dataset_name)
+    parts = split(Dataset.from_dict({"row": list(range(len(train)))}), cfg.data.eval_split_ratio,
+                  split_seed(cfg.data, cfg.training.seed), cfg.data.dataset_name)
     return {**rows, **{name: [train[i] for i in parts[side]["row"]]
                        for name, side in (("train", "train"), ("validation", "test"))}}
 
@@ -140,7 +139,7 @@ def load_sft_datasets(data_args, seed: int = 42, normaliser: Normaliser | None =
     elif data_args.eval_split_ratio:
         if len(train) < 2:
             raise DataError(f"{data_args.source_label()}: too few rows ({len(train)}) to hold out a validation split.")
-        parts = split(train, data_args.eval_split_ratio, data_args.seed_for_split(seed), data_args.source_label())
+        parts = split(train, data_args.eval_split_ratio, split_seed(data_args, seed), data_args.source_label())
         train, evaluation = parts["train"], parts["test"]
     if streaming:
         return train.take(data_args.max_train_samples) if data_args.max_train_samples else train, evaluation

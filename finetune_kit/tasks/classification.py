@@ -128,8 +128,8 @@ def labelled_splits(cfg) -> tuple[dict, str, list[str]]:
 
     _, examples, problem, names = labelled_examples(cfg)
     splits = stratified_splits(Dataset.from_list(examples["train"]), cfg.data.eval_split_ratio,
-                               cfg.task.test_split_ratio, split_seed(cfg), stratify=problem == SINGLE,
-                               source=cfg.data.dataset_name)
+                               cfg.task.test_split_ratio, split_seed(cfg.data, cfg.training.seed),
+                               stratify=problem == SINGLE, source=cfg.data.dataset_name)
     splits.update({name: Dataset.from_list(part) for name, part in examples.items() if name != "train"})
     return splits, problem, names
 

@@ -85,7 +85,7 @@ def image_text_splits(cfg) -> tuple[dict, dict]:
     from finetune_kit.data import split_seed
 
     rows = image_text_rows(cfg)
-    return rows, splits_of(rows, cfg, split_seed(cfg))
+    return rows, splits_of(rows, cfg, split_seed(cfg.data, cfg.training.seed))
 
 
 def splits_of(rows: dict, cfg, seed: int) -> dict:

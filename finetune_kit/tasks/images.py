@@ -99,8 +99,8 @@ def labelled_image_splits(cfg) -> tuple[list, list[str], dict]:
 
     _, examples, names = labelled_images(cfg)
     data = Dataset.from_dict({"index": list(range(len(examples))), "label": [e["label"] for e in examples]})
-    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, cfg.task.test_split_ratio, split_seed(cfg),
-                                   stratify=True, source=cfg.data.dataset_name)
+    splits = clf.stratified_splits(data, cfg.data.eval_split_ratio, cfg.task.test_split_ratio,
+                                   split_seed(cfg.data, cfg.training.seed), stratify=True, source=cfg.data.dataset_name)
     return examples, names, splits
 
 

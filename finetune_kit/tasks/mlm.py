@@ -32,7 +32,8 @@ def text_splits(cfg) -> dict:
         splits = {"train": data,
                   "test": Dataset.from_dict({"text": texts_of(cfg.data.eval_dataset_name, cfg.task.text_column)})}
     else:
-        splits = dict(split(data, cfg.data.eval_split_ratio or 0.1, split_seed(cfg), cfg.data.dataset_name))
+        splits = dict(split(data, cfg.data.eval_split_ratio or 0.1, split_seed(cfg.data, cfg.training.seed),
+                            cfg.data.dataset_name))
     return {**splits, "train": cap_train(splits["train"], cfg.data.max_train_samples)}
 
 

@@ -134,7 +134,7 @@ def question_splits(cfg) -> tuple[list[dict], list[dict], list[dict], bool]:
     from finetune_kit.data import split_seed
 
     rows, given_eval = squad_splits(cfg)
-    seed, task = split_seed(cfg), cfg.task
+    seed, task = split_seed(cfg.data, cfg.training.seed), cfg.task
     if given_eval is not None:
         train, evaluation = rows, given_eval
     elif cfg.data.eval_split_ratio:

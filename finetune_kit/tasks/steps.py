@@ -69,7 +69,8 @@ def step_splits(cfg) -> tuple[list[dict], list[dict] | None, list[dict] | None]:
 
     train, evaluation, test = step_rows(cfg)
     if evaluation is None and cfg.data.eval_split_ratio:  # whole problems held out: no prompt on both sides
-        train, evaluation = split_by_problem(train, cfg.data.eval_split_ratio, split_seed(cfg), cfg.data.dataset_name)
+        train, evaluation = split_by_problem(train, cfg.data.eval_split_ratio, split_seed(cfg.data, cfg.training.seed),
+                                             cfg.data.dataset_name)
     return train, evaluation, test
 
 

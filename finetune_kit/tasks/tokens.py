@@ -93,7 +93,7 @@ def tagged_splits(cfg):
     if eval_rows is not None:
         evaluation = Dataset.from_list(eval_rows)
     elif cfg.data.eval_split_ratio:
-        parts = split(train, cfg.data.eval_split_ratio, split_seed(cfg), cfg.data.dataset_name)
+        parts = split(train, cfg.data.eval_split_ratio, split_seed(cfg.data, cfg.training.seed), cfg.data.dataset_name)
         train, evaluation = parts["train"], parts["test"]
     return train, evaluation, Dataset.from_list(test_rows) if test_rows else None, names
 
